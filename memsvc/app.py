@@ -1,0 +1,30 @@
+"""The application factory."""
+
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from memsvc.appkeys import MANAGER, OPENAPI_JSON, SETTINGS
+from memsvc.manager import AsyncMemoryManager
+from memsvc.middlewares import authenticate, request_context
+from memsvc.openapi import build_openapi
+from memsvc.routes import routes
+from memsvc.settings import Settings
+from memsvc.stores import open_store
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the store at start (failing there when the backend is down) and close it at the end."""
+    async with open_store(app[SETTINGS]) as store:
+        app[MANAGER] = AsyncMemoryManager(store, app[SETTINGS])
+        yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
+    app.cleanup_ctx.append(_store_ctx)
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,13 @@
+"""Typed keys for the application and request state."""
+
+from aiohttp import web
+
+from memsvc.manager import AsyncMemoryManager
+from memsvc.settings import Settings
+
+SETTINGS = web.AppKey('settings', Settings)
+MANAGER = web.AppKey('manager', AsyncMemoryManager)
+OPENAPI_JSON = web.AppKey('openapi_json', bytes)
+
+REQUEST_ID = 'memsvc.request_id'
+TENANT = 'memsvc.tenant'

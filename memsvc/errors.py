@@ -1,0 +1,45 @@
+"""Domain errors. Nothing here knows about HTTP; `middlewares.py` maps each class to a status."""
+
+
+class MemsvcError(Exception):
+    """Base of every error a client may see. `code` is the stable, machine-readable part."""
+
+    code = 'error'
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionNotFound(MemsvcError):
+    code = 'session_not_found'
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f'session {session_id!r} does not exist')
+
+
+class SessionExists(MemsvcError):
+    code = 'session_exists'
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f'session {session_id!r} already exists')
+
+
+class InvalidInput(MemsvcError):
+    """A well-formed request whose content breaks a rule; `field` names where (e.g. `metadata`)."""
+
+    code = 'validation_error'
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f'{field}: {problem}' if field else problem)
+        self.field = field
+
+
+class NotSupported(MemsvcError):
+    code = 'not_supported'
+
+
+class BackendUnavailable(MemsvcError):
+    """The store cannot be reached or did not answer in time. Never reported as "not found"."""
+
+    code = 'backend_unavailable'

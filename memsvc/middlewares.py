@@ -1,0 +1,104 @@
+"""Request ids, the one map from errors to JSON error responses, and API-key authentication."""
+
+import hmac
+import logging
+import re
+import uuid
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from memsvc.appkeys import REQUEST_ID, SETTINGS, TENANT
+from memsvc.errors import BackendUnavailable, InvalidInput, MemsvcError, NotSupported, SessionExists, SessionNotFound
+from memsvc.manager import DEFAULT_TENANT
+
+log = logging.getLogger('memsvc')
+
+STATUS_FOR: dict[type[MemsvcError], int] = {
+    SessionNotFound: 404,
+    SessionExists: 409,
+    InvalidInput: 422,
+    NotSupported: 501,
+    BackendUnavailable: 503,
+}
+RETRY_AFTER_SECONDS = '1'
+
+_HTTP_CODES = {400: 'bad_request', 404: 'not_found', 405: 'method_not_allowed', 413: 'body_too_large'}
+_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
+
+
+class ApiError(Exception):
+    """A request the HTTP layer rejects before it reaches the manager (bad parameter, body, key)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps({'error': {'code': code, 'message': message}})
+    return web.Response(status=status, body=body, content_type='application/json', headers=headers)
+
+
+def _status_for(exc: MemsvcError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return 500
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (the client's `X-Request-ID` when it is sane) and every failure a JSON body."""
+    given = request.headers.get('X-Request-ID', '')
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message, exc.headers)
+    except MemsvcError as exc:
+        status = _status_for(exc)
+        headers = {'Retry-After': RETRY_AFTER_SECONDS} if status == 503 else None
+        if status == 503:
+            log.warning('request %s: backend unavailable: %s', request_id, exc.message)
+        response = error_response(status, exc.code, exc.message, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, exc.reason.lower().replace(' ', '_').replace('-', '_'))
+        headers = {'Allow': exc.headers['Allow']} if 'Allow' in exc.headers else None
+        message = exc.text if exc.text and not exc.text.startswith(f'{exc.status}:') else _default_message(request, exc)
+        response = error_response(exc.status, code, message, headers)
+    except Exception:
+        log.exception('request %s: unhandled error in %s %s', request_id, request.method, request.path)
+        response = error_response(
+            500, 'internal_error', f'the server failed to handle this request; quote request id {request_id}'
+        )
+    response.headers['X-Request-ID'] = request_id
+    return response
+
+
+def _default_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f'no route for {request.path}'
+    if exc.status == 405:
+        return f'{request.method} is not allowed on {request.path}; allowed: {exc.headers.get("Allow", "")}'
+    return exc.reason
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With `MEMSVC_API_KEY` set, every `/api/v1/` route needs `Authorization: Bearer <key>`."""
+    request[TENANT] = DEFAULT_TENANT
+    key = request.app[SETTINGS].api_key
+    if key is not None and request.path.startswith('/api/v1/'):
+        given = request.headers.get('Authorization', '').encode()
+        expected = b'Bearer ' + key.get_secret_value().encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(
+                401, 'unauthorized', 'send the API key as "Authorization: Bearer <key>"', {'WWW-Authenticate': 'Bearer'}
+            )
+    return await handler(request)

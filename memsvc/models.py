@@ -1,0 +1,137 @@
+"""The data model: request bodies (pydantic, validated once at the edge) and stored records.
+
+Messages are serialized once, when they are appended, and kept as JSON bytes from then on: the
+read paths send those bytes back without building objects again. A stored message looks like
+
+    {"id":7,"role":"user","content":"Hi","timestamp":"2026-01-01T00:00:00.123456Z"}
+
+followed by `name`, `tool_call_id`, `tool_calls` and `metadata` only when the client sent them:
+fields a client did not send are left out of responses, never returned as null.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from memsvc.errors import InvalidInput
+
+SESSION_ID_PATTERN = r'^[A-Za-z0-9_.:-]{1,128}$'
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+Role = Literal['system', 'developer', 'user', 'assistant', 'tool']
+SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN, description='1-128 characters of A-Z a-z 0-9 _ - . :')]
+JsonObject = dict[str, Any]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def is_session_id(value: str) -> bool:
+    return _SESSION_ID.fullmatch(value) is not None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """Exact microseconds since the epoch: the sort key of the session listing."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra='forbid', frozen=True)
+
+
+class NewMessage(_Body):
+    """One message as a client sends it; `id` and `timestamp` are the server's."""
+
+    role: Role
+    content: str
+    name: str | None = Field(None, max_length=256)
+    tool_call_id: str | None = Field(None, max_length=256)
+    tool_calls: list[JsonObject] | None = None
+    metadata: JsonObject | None = None
+
+
+class NewSession(_Body):
+    id: SessionId | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class SessionPatch(_Body):
+    metadata: JsonObject = Field(description='a JSON merge patch (RFC 7386): null deletes a key')
+
+
+@dataclass(slots=True, frozen=True)
+class SessionRecord:
+    """A session without its messages. `metadata` is the JSON-encoded object."""
+
+    id: str
+    created_at: datetime
+    updated_at: datetime
+    metadata: bytes
+    version: int
+
+
+@dataclass(slots=True, frozen=True)
+class StoredSession:
+    record: SessionRecord
+    messages: list[bytes]
+
+
+@dataclass(slots=True, frozen=True)
+class SearchHit:
+    session_id: str
+    message: bytes
+    score: float
+
+
+def encode_json(value: Any, field: str) -> bytes:
+    """orjson-encode a client value; values JSON cannot carry become a 422 naming `field`."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput(field, f'cannot be stored as JSON ({exc})') from None
+
+
+def encode_message(message: NewMessage, timestamp: datetime) -> bytes:
+    """Serialize a message without its id; `with_id` adds the id when the store assigns it."""
+    out: dict[str, Any] = {'role': message.role, 'content': message.content, 'timestamp': timestamp}
+    if message.name is not None:
+        out['name'] = message.name
+    if message.tool_call_id is not None:
+        out['tool_call_id'] = message.tool_call_id
+    if message.tool_calls is not None:
+        out['tool_calls'] = message.tool_calls
+    if message.metadata is not None:
+        out['metadata'] = message.metadata
+    try:
+        return orjson.dumps(out, option=orjson.OPT_UTC_Z)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput('message', f'cannot be stored as JSON ({exc})') from None
+
+
+def with_id(seq: int, body: bytes) -> bytes:
+    """Put `"id":seq` first into a message serialized by `encode_message` (which starts with `{`)."""
+    return b'{"id":%d,%s' % (seq, body[1:])
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

@@ -1,0 +1,256 @@
+"""HTTP handlers: parse and check the request, call the manager, write JSON. No storage code here."""
+
+import asyncio
+import re
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from memsvc.appkeys import MANAGER, OPENAPI_JSON, TENANT
+from memsvc.errors import BackendUnavailable
+from memsvc.manager import InvalidCursor
+from memsvc.middlewares import ApiError
+from memsvc.models import NewMessage, NewSession, SessionPatch, StoredSession, is_session_id
+from memsvc.stores.base import MessageRange
+
+API = '/api/v1/chat'
+MAX_ID = 2**53 - 1
+MAX_QUERY_CHARS = 2000
+READY_TIMEOUT_SECONDS = 2.0
+ROLES = ('system', 'developer', 'user', 'assistant', 'tool')
+
+routes = web.RouteTableDef()
+Model = TypeVar('Model')
+_JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
+_NEW_MESSAGE = TypeAdapter(NewMessage)
+_NEW_MESSAGES = TypeAdapter(list[NewMessage])
+_NEW_SESSION = TypeAdapter(NewSession)
+_SESSION_PATCH = TypeAdapter(SessionPatch)
+_SUCCESS = orjson.dumps({'success': True})
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+def _session_id(request: web.Request, value: str | None = None) -> str:
+    session_id = request.match_info['session_id'] if value is None else value
+    if not is_session_id(session_id):
+        raise ApiError(400, 'invalid_session_id', 'a session id is 1-128 characters of A-Z a-z 0-9 _ - . :')
+    return session_id
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, 'invalid_parameter', f'{name}: give it at most once')
+    return values[0] if values else None
+
+
+def _int_query(request: web.Request, name: str, low: int, high: int, default: int | None = None) -> int | None:
+    raw = _query(request, name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r'[0-9]{1,16}', raw) or not low <= int(raw) <= high:
+        raise ApiError(400, 'invalid_parameter', f'{name}: must be an integer from {low} to {high}')
+    return int(raw)
+
+
+def _bool_query(request: web.Request, name: str, default: bool) -> bool:
+    raw = _query(request, name)
+    if raw is None:
+        return default
+    if raw not in ('true', 'false'):
+        raise ApiError(400, 'invalid_parameter', f'{name}: must be true or false')
+    return raw == 'true'
+
+
+async def _body(request: web.Request, *, optional: bool = False) -> bytes | None:
+    raw = await request.read()  # raises 413 beyond MEMSVC_MAX_BODY_BYTES
+    if not raw.strip():
+        if optional:
+            return None
+        raise ApiError(400, 'malformed_json', 'the request needs a JSON body')
+    if not _JSON_TYPE.fullmatch(request.content_type):
+        raise ApiError(415, 'unsupported_media_type', 'send the body as JSON with "Content-Type: application/json"')
+    return raw
+
+
+def _validate(adapter: TypeAdapter[Model], raw: bytes) -> Model:
+    try:
+        return adapter.validate_json(raw)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        if any(err['type'] == 'json_invalid' for err in errors):
+            raise ApiError(400, 'malformed_json', f'the body is not valid JSON: {errors[0]["msg"]}') from None
+        problems = [f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3]]
+        raise ApiError(422, 'validation_error', '; '.join(problems)) from None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ''
+    for part in loc:
+        out += f'[{part}]' if isinstance(part, int) else (f'.{part}' if out else part)
+    return out or 'body'
+
+
+# --- response writing ------------------------------------------------------------------------
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps(payload, option=orjson.OPT_UTC_Z)
+    return web.Response(body=body, status=status, content_type='application/json', headers=headers)
+
+
+def _array(items: list[bytes]) -> orjson.Fragment:
+    return orjson.Fragment(b'[' + b','.join(items) + b']')
+
+
+def _session(found: StoredSession) -> dict[str, Any]:
+    record = found.record
+    return {
+        'id': record.id,
+        'created_at': record.created_at,
+        'updated_at': record.updated_at,
+        'messages': _array(found.messages),
+        'metadata': orjson.Fragment(record.metadata),
+    }
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+@routes.get(f'{API}/sessions')
+async def list_sessions(request: web.Request) -> web.Response:
+    limit = _int_query(request, 'limit', 1, 1000, default=100)
+    assert limit is not None
+    with_messages = _bool_query(request, 'include_messages', True)
+    cursor = _query(request, 'cursor')
+    try:
+        sessions, next_cursor = await request.app[MANAGER].list_sessions(
+            request[TENANT], limit=limit, cursor=cursor, with_messages=with_messages
+        )
+    except InvalidCursor:
+        raise ApiError(400, 'invalid_parameter', 'cursor: not a cursor this service handed out') from None
+    headers = None
+    if next_cursor is not None:
+        headers = {'Link': f'<{request.rel_url.update_query(cursor=next_cursor)}>; rel="next"'}
+    return _json([_session(found) for found in sessions], headers=headers)
+
+
+@routes.post(f'{API}/sessions')
+async def create_session(request: web.Request) -> web.Response:
+    raw = await _body(request, optional=True)
+    body = NewSession() if raw is None else _validate(_NEW_SESSION, raw)
+    created = await request.app[MANAGER].create_session(request[TENANT], body)
+    location = f'{API}/sessions/{created.record.id}'
+    return _json(_session(created), status=201, headers={'Location': location})
+
+
+@routes.get(f'{API}/sessions/{{session_id}}')
+async def get_session(request: web.Request) -> web.Response:
+    found = await request.app[MANAGER].get_session(request[TENANT], _session_id(request))
+    return _json(_session(found))
+
+
+@routes.patch(f'{API}/sessions/{{session_id}}')
+async def update_session(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    raw = await _body(request)
+    assert raw is not None
+    patch = _validate(_SESSION_PATCH, raw)
+    updated = await request.app[MANAGER].update_metadata(request[TENANT], session_id, patch.metadata)
+    return _json(_session(updated))
+
+
+@routes.delete(f'{API}/sessions/{{session_id}}')
+async def delete_session(request: web.Request) -> web.Response:
+    await request.app[MANAGER].delete_session(request[TENANT], _session_id(request))
+    return web.Response(body=_SUCCESS, content_type='application/json')
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+@routes.get(f'{API}/sessions/{{session_id}}/messages')
+async def get_messages(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    selection = MessageRange(
+        limit=_int_query(request, 'limit', 1, 10_000),
+        before=_int_query(request, 'before', 0, MAX_ID),
+        after=_int_query(request, 'after', 0, MAX_ID),
+    )
+    messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
+    return web.Response(body=b'[' + b','.join(messages) + b']', content_type='application/json')
+
+
+@routes.post(f'{API}/sessions/{{session_id}}/messages')
+async def add_messages(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    raw = await _body(request)
+    assert raw is not None
+    batch = raw.lstrip()[:1] == b'['
+    messages = _validate(_NEW_MESSAGES, raw) if batch else [_validate(_NEW_MESSAGE, raw)]
+    stored = await request.app[MANAGER].add_messages(request[TENANT], session_id, messages, batch=batch)
+    body = b'[' + b','.join(stored) + b']' if batch else stored[0]
+    return web.Response(body=body, status=201, content_type='application/json')
+
+
+@routes.delete(f'{API}/sessions/{{session_id}}/messages')
+async def clear_messages(request: web.Request) -> web.Response:
+    await request.app[MANAGER].clear_messages(request[TENANT], _session_id(request))
+    return web.Response(body=_SUCCESS, content_type='application/json')
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+async def _search(request: web.Request, session_id: str | None) -> web.Response:
+    query = _query(request, 'q')
+    if query is None or not query.strip() or len(query) > MAX_QUERY_CHARS:
+        raise ApiError(400, 'invalid_parameter', f'q: give a search text of 1 to {MAX_QUERY_CHARS} characters')
+    limit = _int_query(request, 'limit', 1, 50, default=5)
+    assert limit is not None
+    role = _query(request, 'role')
+    if role is not None and role not in ROLES:
+        raise ApiError(400, 'invalid_parameter', f'role: must be one of {", ".join(ROLES)}')
+    hits = await request.app[MANAGER].search(request[TENANT], query, limit=limit, session_id=session_id, role=role)
+    return _json(
+        [{'session_id': hit.session_id, 'message': orjson.Fragment(hit.message), 'score': hit.score} for hit in hits]
+    )
+
+
+@routes.get(f'{API}/sessions/{{session_id}}/search')
+async def search_session(request: web.Request) -> web.Response:
+    return await _search(request, _session_id(request))
+
+
+@routes.get(f'{API}/search')
+async def search_all(request: web.Request) -> web.Response:
+    session_id = _query(request, 'session_id')
+    return await _search(request, None if session_id is None else _session_id(request, session_id))
+
+
+# --- operations ------------------------------------------------------------------------------
+
+
+@routes.get('/healthz')
+async def healthz(request: web.Request) -> web.Response:
+    return _json({'status': 'ok'})
+
+
+@routes.get('/readyz')
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await request.app[MANAGER].ping()
+    except TimeoutError:
+        raise BackendUnavailable(f'the store did not answer within {READY_TIMEOUT_SECONDS} s') from None
+    return _json({'status': 'ready'})
+
+
+@routes.get('/api/v1/openapi.json')
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_JSON], content_type='application/json')

@@ -1,0 +1,85 @@
+"""Settings: the only place the environment is read. Built once in `main()` and passed down."""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MemoryType = Literal['in_memory', 'redis', 'chroma']
+LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']
+
+
+def _env(name: str) -> Any:
+    """The seed's variable names, kept, with a MEMSVC_ spelling accepted too."""
+    return AliasChoices(name, f'MEMSVC_{name}')
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix='MEMSVC_', frozen=True, env_ignore_empty=True, validate_by_name=True, extra='forbid'
+    )
+
+    memory_type: MemoryType = Field('in_memory', validation_alias=_env('MEMORY_TYPE'))
+    redis_url: str = Field('redis://127.0.0.1:6379/0', validation_alias=_env('REDIS_URL'))
+    chroma_persist_directory: Path | None = Field(None, validation_alias=_env('CHROMA_PERSIST_DIRECTORY'))
+    chroma_host: str | None = Field(None, validation_alias=_env('CHROMA_HOST'))
+    chroma_port: int = Field(8000, ge=1, le=65535, validation_alias=_env('CHROMA_PORT'))
+
+    host: str = '127.0.0.1'
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    api_key: SecretStr | None = Field(None, min_length=1)
+    key_prefix: Annotated[str, Field(pattern=r'^[A-Za-z0-9_.:-]{1,64}$')] = 'memsvc'
+    session_ttl_seconds: int = Field(0, ge=0, description='idle sessions expire after this long; 0 = never')
+    max_messages_per_session: int = Field(0, ge=0, description='keep only the newest N messages; 0 = all')
+
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_content_chars: int = Field(100_000, ge=1)
+    max_metadata_keys: int = Field(64, ge=1, le=1024)
+    max_metadata_bytes: int = Field(16 * 1024, ge=2, le=1024 * 1024)
+    max_batch: int = Field(100, ge=1, le=10_000)
+
+    log_level: LogLevel = 'INFO'
+    access_log: bool = False
+    shutdown_timeout: float = Field(30.0, gt=0, description='seconds to finish in-flight requests on SIGTERM')
+
+    @model_validator(mode='before')
+    @classmethod
+    def _upper_log_level(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get('log_level'), str):
+            data = {**data, 'log_level': data['log_level'].upper()}
+        return data
+
+    @model_validator(mode='after')
+    def _workers_need_a_shared_store(self) -> Self:
+        if self.workers > 1 and self.memory_type == 'in_memory':
+            raise ValueError(
+                'workers: --workers > 1 needs a shared store; with MEMORY_TYPE=in_memory each process '
+                'would hold different data (use MEMORY_TYPE=redis)'
+            )
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        assert isinstance(first, str)
+        return first
+    return f'MEMSVC_{field.upper()}'
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the variable, for a process that refuses to start."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err['loc']]
+    msg = err['msg'].removeprefix('Value error, ')
+    if loc:
+        name = loc[0].removeprefix('MEMSVC_').lower()
+        return f'invalid configuration: {env_name(name)}: {msg}'
+    field, _, rest = msg.partition(': ')
+    if rest and field in Settings.model_fields:
+        return f'invalid configuration: {env_name(field)}: {rest}'
+    return f'invalid configuration: {msg}'
