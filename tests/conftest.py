@@ -1,0 +1,53 @@
+"""Shared fixtures. Every store-contract and API test runs once per store in `STORE_KINDS`.
+
+Backends are real servers the suite starts itself on free loopback ports (see `servers.py`).
+"""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from memsvc.app import create_app
+from memsvc.settings import Settings
+from memsvc.stores import Store, open_store
+from tests.conformance import CheckedClient, Conformance
+
+STORE_KINDS = ['in_memory']
+
+
+def make_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
+    """Settings for a store of `kind`, pointing at the servers this test session started."""
+    values: dict[str, Any] = {'memory_type': kind}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(store_kind: str, request: pytest.FixtureRequest) -> Settings:
+    return make_settings(store_kind, request)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    async with open_store(settings) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def raw_client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
+    """The real app (its cleanup_ctx included) behind aiohttp's test client."""
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def client(raw_client: TestClient[Any, Any], settings: Settings) -> CheckedClient:
+    """A client that checks every response against the app's own OpenAPI document."""
+    return CheckedClient(raw_client, Conformance.for_settings(settings))
