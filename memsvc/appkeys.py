@@ -9,5 +9,5 @@ SETTINGS = web.AppKey('settings', Settings)
 MANAGER = web.AppKey('manager', AsyncMemoryManager)
 OPENAPI_JSON = web.AppKey('openapi_json', bytes)
 
-REQUEST_ID = 'memsvc.request_id'
-TENANT = 'memsvc.tenant'
+REQUEST_ID = web.RequestKey('request_id', str)
+TENANT = web.RequestKey('tenant', str)

@@ -17,6 +17,7 @@ from memsvc.models import NewMessage, NewSession, SessionPatch, StoredSession, i
 from memsvc.stores.base import MessageRange
 
 API = '/api/v1/chat'
+SESSION = API + '/sessions/{session_id:[^/]+}'  # any segment reaches the handler, which answers 400 for a bad id
 MAX_ID = 2**53 - 1
 MAX_QUERY_CHARS = 2000
 READY_TIMEOUT_SECONDS = 2.0
@@ -149,13 +150,13 @@ async def create_session(request: web.Request) -> web.Response:
     return _json(_session(created), status=201, headers={'Location': location})
 
 
-@routes.get(f'{API}/sessions/{{session_id}}')
+@routes.get(f'{SESSION}')
 async def get_session(request: web.Request) -> web.Response:
     found = await request.app[MANAGER].get_session(request[TENANT], _session_id(request))
     return _json(_session(found))
 
 
-@routes.patch(f'{API}/sessions/{{session_id}}')
+@routes.patch(f'{SESSION}')
 async def update_session(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     raw = await _body(request)
@@ -165,7 +166,7 @@ async def update_session(request: web.Request) -> web.Response:
     return _json(_session(updated))
 
 
-@routes.delete(f'{API}/sessions/{{session_id}}')
+@routes.delete(f'{SESSION}')
 async def delete_session(request: web.Request) -> web.Response:
     await request.app[MANAGER].delete_session(request[TENANT], _session_id(request))
     return web.Response(body=_SUCCESS, content_type='application/json')
@@ -174,7 +175,7 @@ async def delete_session(request: web.Request) -> web.Response:
 # --- messages --------------------------------------------------------------------------------
 
 
-@routes.get(f'{API}/sessions/{{session_id}}/messages')
+@routes.get(f'{SESSION}/messages')
 async def get_messages(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     selection = MessageRange(
@@ -186,7 +187,7 @@ async def get_messages(request: web.Request) -> web.Response:
     return web.Response(body=b'[' + b','.join(messages) + b']', content_type='application/json')
 
 
-@routes.post(f'{API}/sessions/{{session_id}}/messages')
+@routes.post(f'{SESSION}/messages')
 async def add_messages(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     raw = await _body(request)
@@ -198,7 +199,7 @@ async def add_messages(request: web.Request) -> web.Response:
     return web.Response(body=body, status=201, content_type='application/json')
 
 
-@routes.delete(f'{API}/sessions/{{session_id}}/messages')
+@routes.delete(f'{SESSION}/messages')
 async def clear_messages(request: web.Request) -> web.Response:
     await request.app[MANAGER].clear_messages(request[TENANT], _session_id(request))
     return web.Response(body=_SUCCESS, content_type='application/json')
@@ -222,7 +223,7 @@ async def _search(request: web.Request, session_id: str | None) -> web.Response:
     )
 
 
-@routes.get(f'{API}/sessions/{{session_id}}/search')
+@routes.get(f'{SESSION}/search')
 async def search_session(request: web.Request) -> web.Response:
     return await _search(request, _session_id(request))
 

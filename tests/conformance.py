@@ -40,7 +40,8 @@ class Conformance:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
         self._routes = [
-            (re.compile('^' + re.sub(r'\{[^}]+\}', '[^/]+', template) + '$'), template) for template in document['paths']
+            (re.compile('^' + re.sub(r'\{[^}]+\}', '[^/]+', template) + '$'), template)
+            for template in document['paths']
         ]
         self.checked: list[tuple[str, str, int]] = []
 
@@ -87,7 +88,7 @@ class CheckedClient:
     async def request(self, method: str, path: str, **kwargs: Any) -> Reply:
         async with self.raw.request(method, path, **kwargs) as response:
             reply = Reply(response.status, response.headers, await response.read())
-        self.conformance.check(method, response.url.path, reply)
+        self.conformance.check(method, response.url.raw_path, reply)
         return reply
 
     async def get(self, path: str, **kwargs: Any) -> Reply:

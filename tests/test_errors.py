@@ -1,0 +1,192 @@
+"""Every error class: JSON body, application/json, the right status, no stack trace, X-Request-ID."""
+
+import io
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from memsvc.app import create_app
+from memsvc.settings import Settings
+from tests.conformance import CheckedClient, Conformance
+
+API = '/api/v1/chat'
+SESSION_ROUTES = [
+    ('GET', '/sessions/{}'),
+    ('PATCH', '/sessions/{}'),
+    ('DELETE', '/sessions/{}'),
+    ('GET', '/sessions/{}/messages'),
+    ('POST', '/sessions/{}/messages'),
+    ('DELETE', '/sessions/{}/messages'),
+    ('GET', '/sessions/{}/search?q=x'),
+]
+BAD_IDS = ['a' * 129, 'has space', 'semi;colon', 'star*', '%2e%2e%2fetc', 'uni\u00e9', 'a%2Fb', '%7B%7D', 'x%00y']
+
+
+@pytest.mark.parametrize(('method', 'route'), SESSION_ROUTES)
+@pytest.mark.parametrize('bad_id', BAD_IDS)
+async def test_invalid_session_id_is_400_in_every_route(
+    client: CheckedClient, method: str, route: str, bad_id: str
+) -> None:
+    reply = await client.request(method, API + route.format(bad_id), json={'role': 'user', 'content': 'x'})
+    assert reply.status == 400
+    assert reply.error_code == 'invalid_session_id'
+
+
+@pytest.mark.parametrize('bad_id', ['', 'a' * 129, 'white space', 'slash/y', '{tag}'])
+async def test_invalid_session_id_in_bodies_and_queries_is_rejected(client: CheckedClient, bad_id: str) -> None:
+    created = await client.post(f'{API}/sessions', json={'id': bad_id})
+    assert created.status == 422
+    assert created.json()['error']['message'].startswith('id:')
+    searched = await client.get(f'{API}/search', params={'q': 'x', 'session_id': bad_id})
+    assert searched.status == 400
+
+
+async def test_longest_valid_session_id_is_accepted(client: CheckedClient) -> None:
+    session_id = 'A-z_0.9:' * 16
+    assert len(session_id) == 128
+    assert (
+        await client.post(f'{API}/sessions/{session_id}/messages', json={'role': 'user', 'content': 'x'})
+    ).status == 201
+
+
+@pytest.mark.parametrize(
+    ('method', 'path'),
+    [('POST', '/sessions'), ('PATCH', '/sessions/s'), ('POST', '/sessions/s/messages')],
+)
+@pytest.mark.parametrize('raw', [b'{', b'{"role": "user",}', b'nope', b'{"content": "\\ud800"}', b'\xff\xfe'])
+async def test_malformed_json_is_400(client: CheckedClient, method: str, path: str, raw: bytes) -> None:
+    await client.post(f'{API}/sessions', json={'id': 's'})
+    reply = await client.request(method, API + path, data=raw, headers={'Content-Type': 'application/json'})
+    assert reply.status == 400
+    assert reply.error_code == 'malformed_json'
+
+
+@pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data'])
+async def test_non_json_body_is_415(client: CheckedClient, content_type: str) -> None:
+    reply = await client.post(
+        f'{API}/sessions/s/messages', data=b'{"role":"user","content":"x"}', headers={'Content-Type': content_type}
+    )
+    assert reply.status == 415
+    assert reply.error_code == 'unsupported_media_type'
+    assert (await client.get(f'{API}/sessions/s')).status == 404
+
+
+async def test_json_with_charset_and_vendor_json_types_are_accepted(client: CheckedClient) -> None:
+    for content_type in ['application/json; charset=utf-8', 'application/merge-patch+json']:
+        reply = await client.post(
+            f'{API}/sessions/s/messages', data=b'{"role":"user","content":"x"}', headers={'Content-Type': content_type}
+        )
+        assert reply.status == 201, content_type
+
+
+async def test_body_over_the_limit_is_413_and_stores_nothing(client: CheckedClient) -> None:
+    huge = b'{"role":"user","content":"' + b'x' * (1024 * 1024) + b'"}'
+    reply = await client.post(
+        f'{API}/sessions/big/messages', data=io.BytesIO(huge), headers={'Content-Type': 'application/json'}
+    )
+    assert reply.status == 413
+    assert reply.error_code == 'body_too_large'
+    assert (await client.get(f'{API}/sessions/big')).status == 404
+
+
+async def test_max_body_bytes_is_configurable(aiohttp_client: AiohttpClient) -> None:
+    settings = Settings(max_body_bytes=2048)
+    client = CheckedClient(await aiohttp_client(create_app(settings)), Conformance.for_settings(settings))
+    reply = await client.post(f'{API}/sessions/s/messages', json={'role': 'user', 'content': 'x' * 3000})
+    assert reply.status == 413
+    assert (await client.post(f'{API}/sessions/s/messages', json={'role': 'user', 'content': 'x' * 1000})).status == 201
+
+
+async def test_unknown_route_is_json_404(client: CheckedClient) -> None:
+    reply = await client.get('/api/v1/nothing/here')
+    assert reply.status == 404
+    assert reply.error_code == 'not_found'
+    assert '/api/v1/nothing/here' in reply.json()['error']['message']
+
+
+async def test_wrong_method_is_json_405_with_allow(client: CheckedClient) -> None:
+    reply = await client.request('PUT', f'{API}/sessions/s')
+    assert reply.status == 405
+    assert reply.error_code == 'method_not_allowed'
+    assert set(reply.headers['Allow'].split(',')) >= {'GET', 'PATCH', 'DELETE'}
+
+
+async def test_request_id_is_echoed_or_made_up(client: CheckedClient) -> None:
+    given = await client.get('/healthz', headers={'X-Request-ID': 'gateway-abc.123'})
+    assert given.headers['X-Request-ID'] == 'gateway-abc.123'
+    made = await client.get('/healthz')
+    other = await client.get('/healthz')
+    assert made.headers['X-Request-ID'] != other.headers['X-Request-ID']
+    unsafe = await client.get('/healthz', headers={'X-Request-ID': 'bad id\twith tab'})
+    assert unsafe.headers['X-Request-ID'] != 'bad id\twith tab'
+    failed = await client.get(f'{API}/sessions/nope', headers={'X-Request-ID': 'trace-1'})
+    assert failed.status == 404
+    assert failed.headers['X-Request-ID'] == 'trace-1'
+
+
+async def test_unexpected_error_is_500_without_stack_trace_and_logged_with_request_id(
+    aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings())
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError('secret internal detail /srv/memsvc/stores/x.py line 42')
+
+    app.router.add_get('/api/v1/broken', broken)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    async with client.get('/api/v1/broken', headers={'X-Request-ID': 'boom-1'}) as response:
+        assert response.status == 500
+        assert response.content_type == 'application/json'
+        assert response.headers['X-Request-ID'] == 'boom-1'
+        body = await response.read()
+    error = orjson.loads(body)['error']
+    assert error['code'] == 'internal_error'
+    assert 'boom-1' in error['message']
+    assert b'secret' not in body
+    assert b'Traceback' not in body
+    assert any('boom-1' in r.getMessage() and r.exc_info for r in caplog.records)
+    async with client.get('/healthz') as response:
+        assert response.status == 200, 'the process keeps serving'
+
+
+# --- API key ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def keyed(aiohttp_client: AiohttpClient) -> CheckedClient:
+    settings = Settings(api_key='s3cret-key')
+    return CheckedClient(await aiohttp_client(create_app(settings)), Conformance.for_settings(settings))
+
+
+@pytest.mark.parametrize(
+    'auth', [None, 'Bearer wrong', 'Bearer s3cret-ke', 'Bearer s3cret-key2', 's3cret-key', 'Basic czNjcmV0LWtleQ==']
+)
+async def test_api_key_required_on_every_api_route(keyed: CheckedClient, auth: str | None) -> None:
+    headers = {} if auth is None else {'Authorization': auth}
+    for method, path in [
+        ('GET', f'{API}/sessions'),
+        ('POST', f'{API}/sessions'),
+        ('GET', f'{API}/sessions/s'),
+        ('POST', f'{API}/sessions/s/messages'),
+        ('GET', f'{API}/search?q=x'),
+        ('GET', '/api/v1/openapi.json'),
+    ]:
+        reply = await keyed.request(method, path, headers=headers, json={'role': 'user', 'content': 'x'})
+        assert reply.status == 401, (method, path)
+        assert reply.error_code == 'unauthorized'
+        assert reply.headers['WWW-Authenticate'] == 'Bearer'
+    good = {'Authorization': 'Bearer s3cret-key'}
+    assert (await keyed.get(f'{API}/sessions/s', headers=good)).status == 404, 'nothing was written without the key'
+
+
+async def test_api_key_accepted_and_health_routes_stay_open(keyed: CheckedClient) -> None:
+    good = {'Authorization': 'Bearer s3cret-key'}
+    reply = await keyed.post(f'{API}/sessions/s/messages', headers=good, json={'role': 'user', 'content': 'x'})
+    assert reply.status == 201
+    assert (await keyed.get('/healthz')).status == 200
+    assert (await keyed.get('/readyz')).status == 200
+    assert (await keyed.get('/api/v1/openapi.json', headers=good)).json()['security'] == [{'apiKey': []}]
