@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from types import FrameType
@@ -66,7 +67,8 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         print(f'memsvc: cannot start: {exc.message}', file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f'memsvc: cannot listen on {settings.host}:{settings.port}: {exc.strerror}', file=sys.stderr)
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        print(f'memsvc: cannot listen on {settings.host}:{settings.port}: {reason}', file=sys.stderr)
         return 1
     return 0
 
