@@ -3,6 +3,7 @@
 Backends are real servers the suite starts itself on free loopback ports (see `servers.py`).
 """
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,13 +15,33 @@ from memsvc.app import create_app
 from memsvc.settings import Settings
 from memsvc.stores import Store, open_store
 from tests.conformance import CheckedClient, Conformance
+from tests.servers import RedisClusterServers, RedisServer, redis_cluster, redis_server
 
-STORE_KINDS = ['in_memory']
+__all__ = ['redis_cluster', 'redis_server']  # fixtures, re-exported so that pytest finds them
+
+STORE_KINDS = ['in_memory', 'redis', 'redis_cluster']
+
+_KEY_PREFIX = pytest.StashKey[str]()
+
+
+def key_prefix_for(request: pytest.FixtureRequest) -> str:
+    """The key prefix of the running test: every test sees only its own Redis data."""
+    stash: pytest.Stash = request.node.stash
+    if _KEY_PREFIX not in stash:
+        stash[_KEY_PREFIX] = f'test-{uuid.uuid4().hex[:16]}'
+    return stash[_KEY_PREFIX]
 
 
 def make_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
-    """Settings for a store of `kind`, pointing at the servers this test session started."""
+    """Settings for a store of `kind`, pointing at the servers this test session started. Within one
+    test, every call for a Redis kind uses the same key prefix, so two apps built from them share data."""
     values: dict[str, Any] = {'memory_type': kind}
+    if kind == 'redis':
+        server: RedisServer = request.getfixturevalue('redis_server')
+        values.update(redis_url=server.url, key_prefix=key_prefix_for(request))
+    elif kind == 'redis_cluster':
+        cluster: RedisClusterServers = request.getfixturevalue('redis_cluster')
+        values.update(memory_type='redis', redis_url=cluster.url, key_prefix=key_prefix_for(request))
     values.update(overrides)
     return Settings(**values)
 

@@ -20,7 +20,17 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             from memsvc.stores.memory import MemoryStore
 
             yield MemoryStore(max_messages=settings.max_messages_per_session)
-        case 'redis' | 'chroma':
+        case 'redis':
+            from memsvc.stores.redis import RedisStore, create_client
+
+            client = create_client(settings)
+            try:
+                store = RedisStore(client, settings)
+                await store.open(settings.redis_url)
+                yield store
+            finally:
+                await client.aclose()
+        case 'chroma':
             raise NotSupported(f'MEMORY_TYPE={settings.memory_type} is not available in this version of memsvc')
         case _:
             assert_never(settings.memory_type)

@@ -1,0 +1,556 @@
+"""The Redis store: Redis is the source of truth, so any number of replicas share one Redis (or Cluster).
+
+Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a session in one slot):
+
+    {p}:{<tenant>/<id>}:meta   HASH  created_at, updated_at (µs since the epoch), metadata (JSON), next_id, version
+    {p}:{<tenant>/<id>}:msgs   LIST  messages as stored (the bytes `models.with_id` gives), oldest first
+    {p}:<tenant>:sessions      ZSET  session id -> updated_at (µs); ties list in descending id order
+
+The list always holds the consecutive ids `next_id - LLEN .. next_id - 1`, so the first id is derived,
+never stored: trimming to `MEMSVC_MAX_MESSAGES_PER_SESSION` and clearing keep ids stable and unique,
+and a read by id or from the end is one LRANGE. Nothing is cached in the process.
+
+Every write is one Lua script (EVALSHA; redis-py's Script reloads it after NOSCRIPT, e.g. after a
+restart) that creates the session if needed, takes ids, pushes, trims, bumps `updated_at` and
+`version`, and sets the idle TTL on all of the session's keys together — it never reads the whole
+session. `updated_at` never moves backwards (`max(old, now)`), so replicas with slightly different
+clocks cannot reorder a session in the listing.
+
+On a single Redis the same script also updates the tenant's index, so a write is one atomic round
+trip. On Redis Cluster the index lives in another slot, which one script cannot touch: an append
+sends the session script and an index update (`ZADD GT`) concurrently (still one round-trip time),
+create/update/clear update the index after their script succeeded, delete sends `ZREM` with its
+script. The trade-off: on Cluster the index is updated next to, not inside, the session's atomic
+step. If the second command fails (503) the session is listed at its previous position until its
+next write; an index entry whose session is gone is skipped and removed by the listing.
+
+Expired sessions leave the listing: the listing reads each candidate's meta, skips and removes
+(only if its score is unchanged) entries whose session is gone, and every write drops entries older
+than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
+last write.
+
+Every client error or timeout becomes `BackendUnavailable` here (503), never "not found".
+"""
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from memsvc.errors import BackendUnavailable, NotSupported
+from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
+from memsvc.settings import Settings
+from memsvc.stores.base import ListCursor, MessageRange
+
+CLUSTER_SCHEMES = {'redis+cluster': 'redis', 'rediss+cluster': 'rediss'}
+"""`REDIS_URL=redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster through
+any one of its nodes."""
+
+INDEX_GRACE_SECONDS = 60
+"""How much longer than the TTL index entries and the index key live: a margin for clock skew."""
+
+_CAS_ATTEMPTS = 100
+
+Client = Redis | RedisCluster
+
+
+class RedisKeys:
+    """The one place key names are built."""
+
+    __slots__ = ('prefix', 'tenant')
+
+    def __init__(self, prefix: str, tenant: str) -> None:
+        if any(c in tenant for c in '{}'):
+            raise ValueError(f'tenant {tenant!r} cannot be part of a Redis key')
+        self.prefix, self.tenant = prefix, tenant
+
+    def meta(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:meta'
+
+    def msgs(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:msgs'
+
+    def sessions(self) -> str:
+        return f'{self.prefix}:{self.tenant}:sessions'
+
+
+# Scripts. Times, ids and scores travel as decimal strings: Lua numbers are doubles that Redis would
+# format with 14 significant digits, which is too few for microseconds since the epoch.
+
+_INDEX = f"""
+local function index(key, member, score, ttl, cutoff, gt)
+  if gt then redis.call('ZADD', key, 'GT', score, member) else redis.call('ZADD', key, score, member) end
+  if ttl > 0 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+    redis.call('EXPIRE', key, ttl + {INDEX_GRACE_SECONDS})
+  else
+    redis.call('PERSIST', key)
+  end
+end
+"""
+
+# Session scripts: KEYS = meta, msgs [, index on a single Redis]; ARGV = now, ttl, cutoff, session id, ...
+_SESSION = (
+    _INDEX
+    + """
+local meta, msgs, idx = KEYS[1], KEYS[2], KEYS[3]
+local now, ttl, cutoff, sid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local function later(a, b) if tonumber(a) >= tonumber(b) then return a end return b end
+local function refresh(updated)
+  for _, key in ipairs({meta, msgs}) do
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+  if idx then index(idx, sid, updated, ttl, cutoff, false) end
+end
+"""
+)
+
+# ARGV[5] = max messages (0 = all), ARGV[6..] = bodies from `encode_message`. Returns the first new id.
+_APPEND = (
+    _SESSION
+    + """
+local max = tonumber(ARGV[5])
+local next_id = redis.call('HGET', meta, 'next_id')
+local updated = now
+if next_id then
+  next_id = tonumber(next_id)
+  updated = later(redis.call('HGET', meta, 'updated_at'), now)
+else
+  next_id = 1
+  redis.call('DEL', msgs)
+  redis.call('HSET', meta, 'created_at', now, 'metadata', '{}', 'version', '0')
+end
+local count = #ARGV - 5
+local batch = {}
+for i = 1, count do
+  batch[#batch + 1] = '{"id":' .. string.format('%d', next_id + i - 1) .. ',' .. string.sub(ARGV[5 + i], 2)
+  if #batch == 1000 then redis.call('RPUSH', msgs, unpack(batch)); batch = {} end
+end
+if #batch > 0 then redis.call('RPUSH', msgs, unpack(batch)) end
+if max > 0 then redis.call('LTRIM', msgs, -max, -1) end
+redis.call('HSET', meta, 'next_id', string.format('%d', next_id + count), 'updated_at', updated)
+redis.call('HINCRBY', meta, 'version', 1)
+refresh(updated)
+return next_id
+"""
+)
+
+# ARGV[5] = created_at, ARGV[6] = metadata, ARGV[7] = version. Returns 1 if created, 0 if the id exists.
+_CREATE = (
+    _SESSION
+    + """
+if redis.call('EXISTS', meta) == 1 then return 0 end
+redis.call('DEL', msgs)
+redis.call('HSET', meta, 'created_at', ARGV[5], 'updated_at', now, 'metadata', ARGV[6], 'next_id', '1',
+           'version', ARGV[7])
+refresh(now)
+return 1
+"""
+)
+
+# Compare-and-set. ARGV[5] = the metadata `apply` saw, ARGV[6] = its result.
+# Returns nil if the session is gone, 0 if the metadata changed meanwhile, else created_at, updated_at, version.
+_SET_METADATA = (
+    _SESSION
+    + """
+local current = redis.call('HGET', meta, 'metadata')
+if not current then return false end
+if current ~= ARGV[5] then return 0 end
+local updated = later(redis.call('HGET', meta, 'updated_at'), now)
+redis.call('HSET', meta, 'metadata', ARGV[6], 'updated_at', updated)
+redis.call('HINCRBY', meta, 'version', 1)
+refresh(updated)
+return redis.call('HMGET', meta, 'created_at', 'updated_at', 'version')
+"""
+)
+
+# Returns nil if the session is gone, else its new updated_at.
+_CLEAR = (
+    _SESSION
+    + """
+if redis.call('EXISTS', meta) == 0 then return false end
+redis.call('DEL', msgs)
+local updated = later(redis.call('HGET', meta, 'updated_at'), now)
+redis.call('HSET', meta, 'updated_at', updated)
+redis.call('HINCRBY', meta, 'version', 1)
+refresh(updated)
+return updated
+"""
+)
+
+# KEYS = meta, msgs [, index]; ARGV = session id. Returns 1 if the session existed.
+_DELETE = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
+return existed
+"""
+
+# Cluster only. KEYS = index; ARGV = session id, score, ttl, cutoff.
+_TOUCH_INDEX = (
+    _INDEX
+    + """
+index(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], true)
+return 1
+"""
+)
+
+# KEYS = index; ARGV = id, score, id, score, ... Removes each entry that still has the score it was seen with.
+_REMOVE_STALE = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+
+# KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version}, messages}.
+_GET_SESSION = """
+local record = redis.call('HMGET', KEYS[1], 'created_at', 'updated_at', 'metadata', 'version')
+if not record[1] then return false end
+return {record, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS = meta, msgs; ARGV = limit, before, after ('' = not given). Same arithmetic as the memory store.
+_GET_MESSAGES = """
+local next_id = redis.call('HGET', KEYS[1], 'next_id')
+if not next_id then return false end
+local count = redis.call('LLEN', KEYS[2])
+local first = tonumber(next_id) - count
+local limit, before, after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lo, hi = 0, count
+if after then lo = math.min(math.max(after + 1 - first, 0), count) end
+if before then hi = math.min(math.max(before - first, 0), count) end
+if limit and hi - lo > limit then
+  if after then hi = lo + limit else lo = hi - limit end
+end
+if lo >= hi then return {} end
+return redis.call('LRANGE', KEYS[2], lo, hi - 1)
+"""
+
+_META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version')
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ''
+    host = parts.hostname or ''
+    if ':' in host:
+        host = f'[{host}]'
+    netloc = f'{user}:***@{host}' + (f':{parts.port}' if parts.port is not None else '')
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def create_client(settings: Settings) -> Client:
+    """A client for `settings.redis_url` with bounded, explicit limits (see the `redis_*` settings).
+
+    A single Redis gets a `BlockingConnectionPool`: when all connections are busy a request waits up to
+    `redis_pool_timeout` for one instead of failing at once (redis-py's default pool raises "Too many
+    connections"). Commands are never retried by the client: a write whose reply was lost may have
+    been applied, so the caller gets 503 and decides. Each connection is named `memsvc:<pid>`.
+    """
+    scheme, _, rest = settings.redis_url.partition('://')
+    common: dict[str, Any] = {
+        'socket_connect_timeout': settings.redis_connect_timeout,
+        'socket_timeout': settings.redis_socket_timeout,
+        'client_name': f'memsvc:{os.getpid()}',
+        'retry': Retry(NoBackoff(), 0),
+    }
+    try:
+        if scheme in CLUSTER_SCHEMES:
+            # One operation holds at most two connections at once (a session's node and its index's node).
+            return RedisCluster.from_url(
+                f'{CLUSTER_SCHEMES[scheme]}://{rest}', max_connections=2 * settings.redis_max_connections, **common
+            )
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout,
+            **common,
+        )
+        return Redis.from_pool(pool)
+    except (ValueError, RedisError, RedisClusterException) as exc:
+        raise BackendUnavailable(f'REDIS_URL {masked_url(settings.redis_url)} cannot be used: {exc}') from None
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Translate the client's errors, timeouts included, into `BackendUnavailable`."""
+    try:
+        yield
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise BackendUnavailable(f'Redis did not answer ({type(exc).__name__}); retry shortly') from exc
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any) -> SessionRecord:
+    return SessionRecord(
+        id=session_id,
+        created_at=from_micros(int(created_at)),
+        updated_at=from_micros(int(updated_at)),
+        metadata=bytes(metadata),
+        version=int(version),
+    )
+
+
+class RedisStore:
+    """The `Store` contract on Redis or Redis Cluster. The client is the caller's: it opens and closes it."""
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._prefix = settings.key_prefix
+        self._ttl = settings.session_ttl_seconds
+        self._max_messages = settings.max_messages_per_session
+        self._pool_timeout = settings.redis_pool_timeout
+        # redis-py's async Cluster client has no blocking pool; this gives it the same wait-then-503.
+        self._slots = asyncio.Semaphore(settings.redis_max_connections) if self._cluster else None
+        script = client.register_script
+        self._append, self._create, self._set_metadata = script(_APPEND), script(_CREATE), script(_SET_METADATA)
+        self._clear, self._delete, self._touch_index = script(_CLEAR), script(_DELETE), script(_TOUCH_INDEX)
+        self._remove_stale = script(_REMOVE_STALE)
+        self._get_session, self._get_messages = script(_GET_SESSION), script(_GET_MESSAGES)
+
+    async def open(self, url: str) -> None:
+        """Check at start that Redis answers; the error names the URL (password masked)."""
+        try:
+            with _unavailable():
+                if isinstance(self._client, RedisCluster):
+                    await self._client.initialize()
+                await self._client.ping()
+        except BackendUnavailable as exc:
+            cause = exc.__cause__
+            detail = ' '.join(str(cause).split()) or type(cause).__name__
+            raise BackendUnavailable(f'Redis at {masked_url(url)} does not answer: {detail}') from None
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Around every operation: the Cluster's connection bound, and error translation."""
+        if self._slots is None:
+            with _unavailable():
+                yield
+            return
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise BackendUnavailable(f'no Redis connection free within {self._pool_timeout} s') from None
+        try:
+            with _unavailable():
+                yield
+        finally:
+            self._slots.release()
+
+    def _session_call(
+        self, keys: RedisKeys, session_id: str, now: datetime
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        """KEYS and the leading ARGV of a session script (the index key only on a single Redis)."""
+        key_list = [keys.meta(session_id), keys.msgs(session_id)]
+        if not self._cluster:
+            key_list.append(keys.sessions())
+        micros = to_micros(now)
+        return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id]
+
+    def _cutoff(self, micros: int) -> str:
+        return str(micros - (self._ttl + INDEX_GRACE_SECONDS) * 1_000_000)
+
+    async def _index(self, keys: RedisKeys, session_id: str, score: Any) -> None:
+        """Cluster only: move the session's index entry up to `score` (never down)."""
+        micros = int(score)
+        await self._touch_index(keys=[keys.sessions()], args=[session_id, str(micros), self._ttl, self._cutoff(micros)])
+
+    async def ping(self) -> None:
+        async with self._call():
+            await self._client.ping()
+
+    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
+        keys = RedisKeys(self._prefix, tenant)
+        key_list, args = self._session_call(keys, record.id, record.updated_at)
+        args += [str(to_micros(record.created_at)), record.metadata, str(record.version)]
+        async with self._call():
+            created = bool(await self._create(keys=key_list, args=args))
+            if created and self._cluster:
+                await self._index(keys, record.id, to_micros(record.updated_at))
+        return created
+
+    async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
+        keys = RedisKeys(self._prefix, tenant)
+        async with self._call():
+            if with_messages:
+                found = await self._get_session(keys=[keys.meta(session_id), keys.msgs(session_id)])
+                if found is None:
+                    return None
+                fields, messages = found
+            else:
+                fields, messages = await self._client.hmget(keys.meta(session_id), _META_FIELDS), []
+                if fields[0] is None:
+                    return None
+        return StoredSession(_record(session_id, *fields), list(messages))
+
+    async def list_sessions(
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+    ) -> tuple[list[StoredSession], bool]:
+        keys = RedisKeys(self._prefix, tenant)
+        found: list[StoredSession] = []
+        stale: list[str] = []
+        position = after
+        async with self._call():
+            while len(found) <= limit:
+                want = limit + 1 - len(found)
+                candidates = await self._index_page(keys, position, want)
+                if not candidates:
+                    break
+                sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
+                for (sid, score), session in zip(candidates, sessions, strict=True):
+                    if session is None:
+                        stale += [sid, str(score)]
+                    else:
+                        found.append(session)
+                position = (candidates[-1][1], candidates[-1][0])
+                if len(candidates) < want:
+                    break
+            if stale:
+                await self._remove_stale(keys=[keys.sessions()], args=stale)
+        return found[:limit], len(found) > limit
+
+    async def _index_page(self, keys: RedisKeys, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
+        """Up to `want` index entries after the position `after`, newest first, ties by id descending."""
+        index = keys.sessions()
+        rows: list[tuple[bytes, float]]
+        if after is None:
+            rows = cast(Any, await self._client.zrevrange(index, 0, want - 1, withscores=True))
+            return [(_bytes(member).decode(), int(score)) for member, score in rows]
+        micros, last_id = after
+        last = last_id.encode()
+        page: list[tuple[str, int]] = []
+        offset = 0
+        while len(page) < want:
+            # Entries with the cursor's own score come first, in descending id order: skip those >= last id.
+            rows = cast(
+                Any,
+                await self._client.zrevrangebyscore(index, micros, '-inf', start=offset, num=want + 1, withscores=True),
+            )
+            for member, score in rows:
+                raw = _bytes(member)
+                if int(score) < micros or raw < last:
+                    page.append((raw.decode(), int(score)))
+            if len(rows) < want + 1:
+                break
+            offset += len(rows)
+        return page[:want]
+
+    async def _read_many(
+        self, keys: RedisKeys, session_ids: Sequence[str], with_messages: bool
+    ) -> list[StoredSession | None]:
+        """The sessions in one pipeline (one round trip per node involved); None for the ones that are gone."""
+        pipe = self._client.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hmget(keys.meta(sid), _META_FIELDS)
+            if with_messages:
+                pipe.lrange(keys.msgs(sid), 0, -1)
+        replies = await pipe.execute()
+        step = 2 if with_messages else 1
+        out: list[StoredSession | None] = []
+        for n, sid in enumerate(session_ids):
+            fields = replies[n * step]
+            if fields[0] is None:
+                out.append(None)
+            else:
+                out.append(StoredSession(_record(sid, *fields), list(replies[n * step + 1]) if with_messages else []))
+        return out
+
+    async def update_metadata(
+        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+    ) -> SessionRecord | None:
+        """Optimistic: read, `apply` here, then a script sets the result only if the metadata is unchanged,
+        else retries. It compares the metadata itself, not the version, so appends never force a retry."""
+        keys = RedisKeys(self._prefix, tenant)
+        key_list, args = self._session_call(keys, session_id, now)
+        meta = keys.meta(session_id)
+        async with self._call():
+            for _ in range(_CAS_ATTEMPTS):
+                found = await self._client.hget(meta, 'metadata')
+                if found is None:
+                    return None
+                current = _bytes(found)
+                new = apply(current)
+                result = await self._set_metadata(keys=key_list, args=[*args, current, new])
+                if result is None:
+                    return None
+                if result != 0:
+                    created_at, updated_at, version = result
+                    if self._cluster:
+                        await self._index(keys, session_id, updated_at)
+                    return _record(session_id, created_at, updated_at, new, version)
+        raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
+
+    async def delete_session(self, tenant: str, session_id: str) -> bool:
+        keys = RedisKeys(self._prefix, tenant)
+        key_list = [keys.meta(session_id), keys.msgs(session_id)]
+        async with self._call():
+            if not self._cluster:
+                return bool(await self._delete(keys=[*key_list, keys.sessions()], args=[session_id]))
+            existed, _ = await self._both(
+                self._delete(keys=key_list, args=[session_id]), self._client.zrem(keys.sessions(), session_id)
+            )
+            return bool(existed)
+
+    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+        keys = RedisKeys(self._prefix, tenant)
+        key_list, args = self._session_call(keys, session_id, now)
+        async with self._call():
+            call = self._append(keys=key_list, args=[*args, self._max_messages, *bodies])
+            if self._cluster:
+                first, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
+            else:
+                first = await call
+        first = int(first)
+        return [with_id(first + n, body) for n, body in enumerate(bodies)]
+
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+        keys = RedisKeys(self._prefix, tenant)
+        args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
+        async with self._call():
+            messages = await self._get_messages(keys=[keys.meta(session_id), keys.msgs(session_id)], args=args)
+        return None if messages is None else list(messages)
+
+    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
+        keys = RedisKeys(self._prefix, tenant)
+        key_list, args = self._session_call(keys, session_id, now)
+        async with self._call():
+            updated_at = await self._clear(keys=key_list, args=args)
+            if updated_at is not None and self._cluster:
+                await self._index(keys, session_id, updated_at)
+        return updated_at is not None
+
+    async def search(
+        self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
+    ) -> list[SearchHit]:
+        raise NotSupported('semantic search needs the Chroma backend (MEMORY_TYPE=chroma); this server runs redis')
+
+    @staticmethod
+    async def _both(first: Any, second: Any) -> tuple[Any, Any]:
+        """Run two commands concurrently (one round-trip time); if either fails, raise its error after both end."""
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results[0], results[1]

@@ -1,0 +1,196 @@
+"""Real servers for the test suite, started by the suite on free loopback ports in temporary directories.
+
+`RedisServer` is one `redis-server` with AOF on (fsync on every write), so a test can stop it, start
+it again on the same port and directory, and find every acknowledged write. `RedisClusterServers`
+is a 3-master Redis Cluster built with `redis-cli --cluster create`. Never the machine's own Redis.
+"""
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+START_TIMEOUT_SECONDS = 15.0
+
+
+def redis_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f'{name} is not on PATH: install Redis (apt-get install redis-server) or run `make test`')
+    return path
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(('127.0.0.1', 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    extra_args: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> 'RedisServer':
+        directory.mkdir(parents=True, exist_ok=True)
+        server = cls(port=port or free_port(), directory=directory, extra_args=extra_args)
+        server.launch()
+        return server
+
+    @property
+    def url(self) -> str:
+        return f'redis://127.0.0.1:{self.port}/0'
+
+    def launch(self) -> None:
+        """Start (or start again) on the same port and directory; return once it answers PING."""
+        assert self.process is None or self.process.poll() is not None, 'already running'
+        args = [
+            redis_binary('redis-server'),
+            '--port', str(self.port),
+            '--bind', '127.0.0.1',
+            '--dir', str(self.directory),
+            '--appendonly', 'yes',
+            '--appendfsync', 'always',
+            '--save', '',
+            '--logfile', 'redis.log',
+            '--daemonize', 'no',
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f'redis-server on port {self.port} exited at start:\n{self.log_tail()}')
+            try:
+                with redis.Redis(host='127.0.0.1', port=self.port, socket_timeout=1) as client:
+                    client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    self.stop(kill=True)
+                    raise RuntimeError(f'redis-server on port {self.port} did not answer:\n{self.log_tail()}') from None
+                time.sleep(0.02)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (Redis fsyncs its AOF and exits) or, with `kill`, SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, but nothing answers (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def client(self) -> 'redis.Redis':
+        return redis.Redis(host='127.0.0.1', port=self.port, socket_timeout=5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        log = self.directory / 'redis.log'
+        return '\n'.join(log.read_text(errors='replace').splitlines()[-lines:]) if log.exists() else '(no log)'
+
+
+@dataclass
+class RedisClusterServers:
+    nodes: list[RedisServer]
+
+    @classmethod
+    def start(cls, directory: Path, masters: int = 3) -> 'RedisClusterServers':
+        ports = free_ports(2 * masters)
+        nodes: list[RedisServer] = []
+        try:
+            for n in range(masters):
+                cluster_args = [
+                    '--cluster-enabled', 'yes',
+                    '--cluster-config-file', 'nodes.conf',
+                    '--cluster-port', str(ports[masters + n]),
+                    '--cluster-node-timeout', '5000',
+                    '--appendfsync', 'everysec',
+                ]  # fmt: skip
+                nodes.append(RedisServer.start(directory / f'node{n}', ports[n], cluster_args))
+            create = [
+                redis_binary('redis-cli'),
+                '--cluster', 'create',
+                *[f'127.0.0.1:{node.port}' for node in nodes],
+                '--cluster-replicas', '0',
+                '--cluster-yes',
+            ]  # fmt: skip
+            subprocess.run(
+                create,
+                check=True,
+                capture_output=True,
+                timeout=START_TIMEOUT_SECONDS,
+            )
+            cluster = cls(nodes)
+            cluster.wait_until_ok()
+        except BaseException:
+            for node in nodes:
+                node.stop(kill=True)
+            raise
+        return cluster
+
+    @property
+    def url(self) -> str:
+        return f'redis+cluster://127.0.0.1:{self.nodes[0].port}'
+
+    def wait_until_ok(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            states = []
+            for node in self.nodes:
+                with node.client() as client:
+                    states.append(client.cluster('INFO').get('cluster_state'))
+            if all(state == 'ok' for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the test cluster did not come up: {states}')
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(kill=True)
+
+
+@pytest.fixture(scope='session')
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the whole run; tests keep apart through their own key prefixes."""
+    server = RedisServer.start(tmp_path_factory.mktemp('redis'))
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture(scope='session')
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers.start(tmp_path_factory.mktemp('redis-cluster'))
+    yield cluster
+    cluster.stop()
