@@ -12,13 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.servers import RedisServer, free_port
+
 START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -86,6 +82,60 @@ def test_serve_answers_and_stops_on_sigterm_with_status_0(server: tuple[int, sub
     assert process.wait(timeout=10) == 0
     assert process.stderr is not None
     assert b'Traceback' not in process.stderr.read()
+
+
+def test_sigterm_finishes_requests_in_flight_then_closes_the_store(redis_server: RedisServer) -> None:
+    """Requests waiting on the store when SIGTERM arrives are answered before the process exits 0.
+
+    Redis is paused (SIGSTOP) so that the requests are held inside their handlers, then resumed
+    after the server has stopped accepting connections.
+    """
+    port = free_port()
+    env = clean_env(
+        MEMORY_TYPE='redis',
+        REDIS_URL=redis_server.url,
+        MEMSVC_KEY_PREFIX=f'drain-{port}',
+        MEMSVC_REDIS_SOCKET_TIMEOUT='20',
+    )
+    process = subprocess.Popen([sys.executable, '-m', 'memsvc', 'serve', '--port', str(port)], env=env)
+    socks: list[socket.socket] = []
+    try:
+        wait_until_serving(port, process)
+        redis_server.pause()
+        try:
+            for n in range(5):
+                sock = socket.create_connection(('127.0.0.1', port), timeout=30)
+                body = orjson.dumps({'role': 'user', 'content': f'in flight {n}'})
+                sock.sendall(
+                    b'POST /api/v1/chat/sessions/drain/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n'
+                    b'Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body)
+                )
+                socks.append(sock)
+            assert http(port, 'GET', '/healthz')[0] == 200  # the five requests have reached their handlers
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # wait until it stops accepting new connections
+                try:
+                    socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                except OSError:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError('the server kept accepting connections after SIGTERM')
+            assert process.poll() is None, 'the process waits for its requests in flight'
+        finally:
+            redis_server.resume()
+        replies = [_read_response(sock) for sock in socks]
+        assert [status for status, _ in replies] == [201] * 5
+        assert process.wait(timeout=15) == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with redis_server.client() as client:
+        assert client.llen(f'drain-{port}:{{default/drain}}:msgs') == 5
 
 
 @pytest.mark.parametrize(
