@@ -26,8 +26,8 @@ class Settings(BaseSettings):
     chroma_host: str | None = Field(None, validation_alias=_env('CHROMA_HOST'))
     chroma_port: int = Field(8000, ge=1, le=65535, validation_alias=_env('CHROMA_PORT'))
     redis_max_connections: int = Field(64, ge=1, le=10_000, description='Redis connections per process (per node)')
-    redis_pool_timeout: float = Field(1.0, gt=0, le=60, description='seconds to wait for a free connection, then 503')
-    redis_connect_timeout: float = Field(1.0, gt=0, le=60, description='seconds to open a connection, then 503')
+    redis_pool_timeout: float = Field(0.5, gt=0, le=60, description='seconds to wait for a free connection, then 503')
+    redis_connect_timeout: float = Field(0.5, gt=0, le=60, description='seconds to open a connection, then 503')
     redis_socket_timeout: float = Field(1.0, gt=0, le=300, description='seconds to wait for a reply, then 503')
 
     host: str = '127.0.0.1'
