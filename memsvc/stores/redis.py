@@ -29,7 +29,10 @@ Expired sessions leave the listing: the listing reads each candidate's meta, ski
 than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
 last write.
 
-Every client error or timeout becomes `BackendUnavailable` here (503), never "not found".
+Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
+a page of the listing 2 (index, then one pipeline of the sessions; +1 when it removes dead entries);
+PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeout becomes
+`BackendUnavailable` here (503), never "not found".
 """
 
 import asyncio
@@ -119,11 +122,10 @@ _APPEND = (
     _SESSION
     + """
 local max = tonumber(ARGV[5])
-local next_id = redis.call('HGET', meta, 'next_id')
-local updated = now
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at')
+local next_id, updated = tonumber(state[1]), now
 if next_id then
-  next_id = tonumber(next_id)
-  updated = later(redis.call('HGET', meta, 'updated_at'), now)
+  updated = later(state[2], now)
 else
   next_id = 1
   redis.call('DEL', msgs)
