@@ -126,11 +126,6 @@ def workers(redis_server: RedisServer, request: pytest.FixtureRequest, tmp_path:
                 os.kill(pid, signal.SIGTERM)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='memsvc/__main__.py: spawn cannot unpickle _worker from a __main__ module under `python -m memsvc`, '
-    'and multiprocessing.connection is used without being imported',
-)
 async def test_two_worker_processes_serve_the_same_data(workers: Workers, redis_server: RedisServer) -> None:
     base, process = workers.base, workers.process
     deadline = time.monotonic() + 20

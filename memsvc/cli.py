@@ -1,0 +1,131 @@
+"""The command line: `memsvc serve [--host] [--port] [--workers] [--memory-type]`.
+
+Settings are read once here and passed down. `--workers N` (N > 1) starts N processes that share
+one listening port through SO_REUSEPORT; the parent forwards SIGTERM/SIGINT to them and exits 0
+only when every worker drained and exited 0.
+"""
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from memsvc import __version__
+from memsvc.errors import MemsvcError
+from memsvc.settings import Settings, describe_error
+
+log = logging.getLogger('memsvc')
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='memsvc', description='Chat memory for LLM gateways, over HTTP.')
+    parser.add_argument('--version', action='version', version=f'memsvc {__version__}')
+    commands = parser.add_subparsers(dest='command', required=True)
+    serve = commands.add_parser('serve', help='serve the HTTP API (settings from MEMSVC_* and the flags)')
+    serve.add_argument('--host', help='address to listen on (MEMSVC_HOST, default 127.0.0.1)')
+    serve.add_argument('--port', type=int, help='port to listen on (MEMSVC_PORT, default 8080)')
+    serve.add_argument('--workers', type=int, help='processes sharing the port (MEMSVC_WORKERS, default 1)')
+    serve.add_argument('--memory-type', choices=['in_memory', 'redis', 'chroma'], help='store (MEMORY_TYPE)')
+    serve.add_argument('--access-log', action='store_true', default=None, help='log every request (MEMSVC_ACCESS_LOG)')
+    return parser
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Run one server process until SIGTERM/SIGINT; return its exit status."""
+    from memsvc.app import create_app
+
+    logging.basicConfig(level=settings.log_level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            reuse_port=reuse_port or None,
+            access_log=logging.getLogger('aiohttp.access') if settings.access_log else None,
+            shutdown_timeout=settings.shutdown_timeout,
+            print=None,
+            loop=_new_loop(),
+            handle_signals=True,
+        )
+    except MemsvcError as exc:
+        print(f'memsvc: cannot start: {exc.message}', file=sys.stderr)
+        return 1
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        print(f'memsvc: cannot listen on {settings.host}:{settings.port}: {reason}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker(settings: Settings) -> None:
+    sys.exit(serve(settings, reuse_port=True))
+
+
+def serve_workers(settings: Settings) -> int:
+    """Start `settings.workers` processes on one port; stop them all when one fails or on a signal."""
+    context = multiprocessing.get_context('spawn')
+    workers = [
+        context.Process(target=_worker, args=(settings,), name=f'memsvc-worker-{n}') for n in range(settings.workers)
+    ]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                worker.terminate()  # SIGTERM: the worker drains in-flight requests and exits 0
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.start()
+    log.info('memsvc %s: %d workers on http://%s:%d', __version__, settings.workers, settings.host, settings.port)
+    status = 0
+    pending = list(workers)
+    while pending:
+        multiprocessing.connection.wait([w.sentinel for w in pending])
+        for worker in [w for w in pending if w.exitcode is not None]:
+            pending.remove(worker)
+            if worker.exitcode != 0:
+                status = 1
+                forward(signal.SIGTERM, None)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in {
+            'host': args.host,
+            'port': args.port,
+            'workers': args.workers,
+            'memory_type': args.memory_type,
+            'access_log': args.access_log,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f'memsvc: {describe_error(exc)}', file=sys.stderr)
+        return 2
+    if settings.workers > 1:
+        logging.basicConfig(level=settings.log_level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+        return serve_workers(settings)
+    return serve(settings)
