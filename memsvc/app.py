@@ -21,8 +21,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+MAX_LINE_BYTES = 32 * 1024
+"""Longest request line and header: a search text of 2,000 characters percent-encoded fits (aiohttp's
+default of 8,190 bytes would answer such requests with a plain-text 400 before any middleware runs)."""
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[request_context, authenticate], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_context, authenticate],
+        client_max_size=settings.max_body_bytes,
+        handler_args={'max_line_size': MAX_LINE_BYTES, 'max_field_size': MAX_LINE_BYTES},
+    )
     app[SETTINGS] = settings
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_store_ctx)

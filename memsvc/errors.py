@@ -18,6 +18,22 @@ class SessionNotFound(MemsvcError):
         super().__init__(f'session {session_id!r} does not exist')
 
 
+class InvalidSessionId(MemsvcError):
+    """An id outside `[A-Za-z0-9_.:-]{1,128}`. Ids become storage keys: no store ever sees such an id."""
+
+    code = 'invalid_session_id'
+
+    def __init__(self) -> None:
+        super().__init__('a session id is 1-128 characters of A-Z a-z 0-9 _ - . :')
+
+
+class InvalidCursor(MemsvcError):
+    code = 'invalid_parameter'
+
+    def __init__(self) -> None:
+        super().__init__('cursor: not a cursor this service handed out')
+
+
 class SessionExists(MemsvcError):
     code = 'session_exists'
 

@@ -1,6 +1,7 @@
 """AsyncMemoryManager: the rules between the routes and a store.
 
-It assigns session ids and timestamps, enforces the configured bounds, turns the store's
+It checks session ids (they become storage keys, so no store ever sees one outside the allowed
+characters), assigns ids and timestamps, enforces the configured bounds, turns the store's
 `None`/`False` into domain errors, and encodes listing cursors. It knows nothing about HTTP.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from memsvc.errors import InvalidInput, SessionExists, SessionNotFound
+from memsvc.errors import InvalidCursor, InvalidInput, SessionExists, SessionNotFound
 from memsvc.models import (
     NewMessage,
     NewSession,
@@ -23,6 +24,7 @@ from memsvc.models import (
     encode_message,
     is_session_id,
     merge_patch,
+    require_session_id,
     to_micros,
     utc_now,
 )
@@ -30,10 +32,6 @@ from memsvc.settings import Settings
 from memsvc.stores.base import ListCursor, MessageRange, Store
 
 DEFAULT_TENANT = 'default'
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 def encode_cursor(position: ListCursor) -> str:
@@ -45,9 +43,9 @@ def decode_cursor(token: str) -> ListCursor:
         raw = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4))
         micros, session_id = orjson.loads(raw)
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
-        raise InvalidCursor(token) from None
+        raise InvalidCursor() from None
     if type(micros) is not int or not isinstance(session_id, str) or not is_session_id(session_id):
-        raise InvalidCursor(token)
+        raise InvalidCursor()
     return micros, session_id
 
 
@@ -65,7 +63,7 @@ class AsyncMemoryManager:
     async def create_session(self, tenant: str, body: NewSession) -> StoredSession:
         now = utc_now()
         record = SessionRecord(
-            id=body.id or str(uuid.uuid4()),
+            id=str(uuid.uuid4()) if body.id is None else require_session_id(body.id),
             created_at=now,
             updated_at=now,
             metadata=self._check_metadata(body.metadata, 'metadata'),
@@ -76,6 +74,7 @@ class AsyncMemoryManager:
         return StoredSession(record, [])
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool = True) -> StoredSession:
+        require_session_id(session_id)
         found = await self.store.get_session(tenant, session_id, with_messages=with_messages)
         if found is None:
             raise SessionNotFound(session_id)
@@ -84,10 +83,7 @@ class AsyncMemoryManager:
     async def list_sessions(
         self, tenant: str, *, limit: int, cursor: str | None, with_messages: bool
     ) -> tuple[list[StoredSession], str | None]:
-        """A page of sessions and the cursor of the next page (None on the last page).
-
-        Raises `InvalidCursor` for a cursor this service did not hand out.
-        """
+        """A page of sessions and the cursor of the next page (None on the last page)."""
         after = decode_cursor(cursor) if cursor is not None else None
         sessions, more = await self.store.list_sessions(tenant, limit=limit, after=after, with_messages=with_messages)
         if not more or not sessions:
@@ -101,13 +97,17 @@ class AsyncMemoryManager:
         def apply(current: bytes) -> bytes:
             return self._check_metadata(merge_patch(orjson.loads(current), patch), 'metadata')
 
+        require_session_id(session_id)
         record = await self.store.update_metadata(tenant, session_id, apply, utc_now())
         if record is None:
             raise SessionNotFound(session_id)
         messages = await self.store.get_messages(tenant, session_id, MessageRange())
-        return StoredSession(record, messages or [])
+        if messages is None:  # deleted right after the change
+            raise SessionNotFound(session_id)
+        return StoredSession(record, messages)
 
     async def delete_session(self, tenant: str, session_id: str) -> None:
+        require_session_id(session_id)
         if not await self.store.delete_session(tenant, session_id):
             raise SessionNotFound(session_id)
 
@@ -116,6 +116,7 @@ class AsyncMemoryManager:
     ) -> list[bytes]:
         """Append in one atomic step, creating the session if it is missing (the seed's `add_message`).
         `batch` says the client sent an array, so errors name fields as `[i].content`."""
+        require_session_id(session_id)
         if not 1 <= len(messages) <= self.max_batch:
             raise InvalidInput('body', f'a batch holds 1 to {self.max_batch} messages, got {len(messages)}')
         now = utc_now()
@@ -128,22 +129,26 @@ class AsyncMemoryManager:
                 )
             if message.metadata is not None:
                 self._check_metadata(message.metadata, f'{at}metadata')
-            bodies.append(encode_message(message, now))
+            bodies.append(encode_message(message, now, f'[{index}]' if batch else 'body'))
         return await self.store.append_messages(tenant, session_id, bodies, now)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes]:
+        require_session_id(session_id)
         messages = await self.store.get_messages(tenant, session_id, selection)
         if messages is None:
             raise SessionNotFound(session_id)
         return messages
 
     async def clear_messages(self, tenant: str, session_id: str) -> None:
+        require_session_id(session_id)
         if not await self.store.clear_messages(tenant, session_id, utc_now()):
             raise SessionNotFound(session_id)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None = None, role: str | None = None
     ) -> list[SearchHit]:
+        if session_id is not None:
+            require_session_id(session_id)
         return await self.store.search(tenant, query, limit=limit, session_id=session_id, role=role)
 
     def _check_metadata(self, metadata: dict[str, Any], field: str) -> bytes:

@@ -10,12 +10,23 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from memsvc.appkeys import REQUEST_ID, SETTINGS, TENANT
-from memsvc.errors import BackendUnavailable, InvalidInput, MemsvcError, NotSupported, SessionExists, SessionNotFound
+from memsvc.errors import (
+    BackendUnavailable,
+    InvalidCursor,
+    InvalidInput,
+    InvalidSessionId,
+    MemsvcError,
+    NotSupported,
+    SessionExists,
+    SessionNotFound,
+)
 from memsvc.manager import DEFAULT_TENANT
 
 log = logging.getLogger('memsvc')
 
 STATUS_FOR: dict[type[MemsvcError], int] = {
+    InvalidSessionId: 400,
+    InvalidCursor: 400,
     SessionNotFound: 404,
     SessionExists: 409,
     InvalidInput: 422,
@@ -65,6 +76,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         if status == 503:
             log.warning('request %s: backend unavailable: %s', request_id, exc.message)
         response = error_response(status, exc.code, exc.message, headers)
+    except ConnectionResetError:  # the client went away mid-request; aiohttp drops this answer quietly
+        log.info('request %s: the client closed the connection before the request was complete', request_id)
+        response = error_response(400, 'incomplete_request', 'the connection closed before the request was complete')
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -95,7 +109,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     request[TENANT] = DEFAULT_TENANT
     key = request.app[SETTINGS].api_key
     if key is not None and request.path.startswith('/api/v1/'):
-        given = request.headers.get('Authorization', '').encode()
+        given = request.headers.get('Authorization', '').encode('utf-8', 'surrogateescape')
         expected = b'Bearer ' + key.get_secret_value().encode()
         if not hmac.compare_digest(given, expected):
             raise ApiError(

@@ -9,28 +9,57 @@ followed by `name`, `tool_call_id`, `tool_calls` and `metadata` only when the cl
 fields a client did not send are left out of responses, never returned as null.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from memsvc.errors import InvalidInput
+from memsvc.errors import InvalidInput, InvalidSessionId
 
 SESSION_ID_PATTERN = r'^[A-Za-z0-9_.:-]{1,128}$'
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 Role = Literal['system', 'developer', 'user', 'assistant', 'tool']
+ROLES: tuple[str, ...] = get_args(Role)
 SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN, description='1-128 characters of A-Z a-z 0-9 _ - . :')]
-JsonObject = dict[str, Any]
+INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson can write
+
+
+def _storable(value: Any) -> Any:
+    """Refuse numbers that JSON cannot carry back: NaN, Infinity (and floats that overflow to it), and
+    integers beyond 64 bits. The parser accepts them, but they would come back as null or not at all."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError('numbers must be finite (NaN and Infinity are not JSON)')
+    elif isinstance(value, int):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise ValueError('integers must fit in 64 bits')
+    elif isinstance(value, dict):
+        for item in value.values():
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def is_session_id(value: str) -> bool:
     return _SESSION_ID.fullmatch(value) is not None
+
+
+def require_session_id(value: str) -> str:
+    if _SESSION_ID.fullmatch(value) is None:
+        raise InvalidSessionId()
+    return value
 
 
 def utc_now() -> datetime:
@@ -94,15 +123,15 @@ class SearchHit:
     score: float
 
 
-def encode_json(value: Any, field: str) -> bytes:
+def encode_json(value: Any, field: str, option: int = 0) -> bytes:
     """orjson-encode a client value; values JSON cannot carry become a 422 naming `field`."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, option=option)
     except orjson.JSONEncodeError as exc:
         raise InvalidInput(field, f'cannot be stored as JSON ({exc})') from None
 
 
-def encode_message(message: NewMessage, timestamp: datetime) -> bytes:
+def encode_message(message: NewMessage, timestamp: datetime, field: str = 'message') -> bytes:
     """Serialize a message without its id; `with_id` adds the id when the store assigns it."""
     out: dict[str, Any] = {'role': message.role, 'content': message.content, 'timestamp': timestamp}
     if message.name is not None:
@@ -113,10 +142,7 @@ def encode_message(message: NewMessage, timestamp: datetime) -> bytes:
         out['tool_calls'] = message.tool_calls
     if message.metadata is not None:
         out['metadata'] = message.metadata
-    try:
-        return orjson.dumps(out, option=orjson.OPT_UTC_Z)
-    except orjson.JSONEncodeError as exc:
-        raise InvalidInput('message', f'cannot be stored as JSON ({exc})') from None
+    return encode_json(out, field, orjson.OPT_UTC_Z)
 
 
 def with_id(seq: int, body: bytes) -> bytes:

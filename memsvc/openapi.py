@@ -6,8 +6,8 @@ Tests validate real responses against it (tests/conformance.py), so it cannot dr
 from typing import Any
 
 from memsvc import __version__
-from memsvc.models import SESSION_ID_PATTERN
-from memsvc.routes import API, MAX_ID, MAX_QUERY_CHARS, ROLES
+from memsvc.models import ROLES, SESSION_ID_PATTERN
+from memsvc.routes import API, MAX_ID, MAX_QUERY_CHARS
 from memsvc.settings import Settings
 
 Schema = dict[str, Any]
@@ -61,11 +61,18 @@ def _int(low: int, high: int, default: int | None = None) -> Schema:
 _SESSION_ID = _param(
     'session_id', 'path', {'type': 'string', 'pattern': SESSION_ID_PATTERN}, 'the session id', required=True
 )
-_JSON_OBJECT: Schema = {'type': 'object'}
+_JSON_OBJECT: Schema = {
+    'type': 'object',
+    'description': 'any JSON object; numbers must be finite and integers fit in 64 bits',
+}
 
 
 def _schemas(settings: Settings) -> dict[str, Schema]:
-    metadata: Schema = {'type': 'object', 'maxProperties': settings.max_metadata_keys}
+    bounds = (
+        f'at most {settings.max_metadata_keys} keys and {settings.max_metadata_bytes} bytes as JSON; '
+        'numbers must be finite and integers fit in 64 bits'
+    )
+    metadata: Schema = {'type': 'object', 'maxProperties': settings.max_metadata_keys, 'description': bounds}
     optional_text: Schema = {'type': ['string', 'null'], 'maxLength': 256}
     message_fields: Schema = {
         'role': {'type': 'string', 'enum': list(ROLES)},
@@ -108,7 +115,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 'name': optional_text,
                 'tool_call_id': optional_text,
                 'tool_calls': {'type': ['array', 'null'], 'items': _JSON_OBJECT},
-                'metadata': {'type': ['object', 'null'], 'maxProperties': settings.max_metadata_keys},
+                'metadata': {**metadata, 'type': ['object', 'null']},
             },
         },
         'Session': {
@@ -162,7 +169,13 @@ def _body(schema: Schema, required: bool = True) -> Schema:
 
 def _search(session_scoped: bool) -> Schema:
     params = [
-        _param('q', 'query', {'type': 'string', 'minLength': 1, 'maxLength': MAX_QUERY_CHARS}, 'the text', True),
+        _param(
+            'q',
+            'query',
+            {'type': 'string', 'minLength': 1, 'maxLength': MAX_QUERY_CHARS, 'pattern': r'\S'},
+            'the text (not only spaces)',
+            True,
+        ),
         _param('limit', 'query', _int(1, 50, 5), 'how many hits'),
         _param('role', 'query', {'type': 'string', 'enum': list(ROLES)}, 'only messages of this role'),
     ]
@@ -176,10 +189,12 @@ def _search(session_scoped: bool) -> Schema:
         'get': {
             'operationId': 'searchSession' if session_scoped else 'searchAll',
             'summary': 'Semantic search over message content (Chroma backend), best first',
+            'description': 'score is 1 - cosine distance (higher = more similar). 404 when the session to search '
+            '(the path, or `session_id`) does not exist; 501 on a store without search.',
             'parameters': params,
             'responses': {
                 '200': _json({'type': 'array', 'items': _ref('SearchHit')}, 'hits, best first'),
-                **_errors(400, 401, 501),
+                **_errors(400, 401, 404, 501),
             },
         }
     }
@@ -201,7 +216,12 @@ def build_openapi(settings: Settings) -> Schema:
                     'summary': 'List sessions, newest updated_at first',
                     'parameters': [
                         _param('limit', 'query', _int(1, 1000, 100), 'page size'),
-                        _param('cursor', 'query', {'type': 'string'}, 'from the Link header of the previous page'),
+                        _param(
+                            'cursor',
+                            'query',
+                            {'type': 'string', 'minLength': 1, 'pattern': '^[A-Za-z0-9_-]+$'},
+                            'opaque; only from the Link header of the previous page',
+                        ),
                         _param('include_messages', 'query', {'type': 'boolean', 'default': True}, 'false: no messages'),
                     ],
                     'responses': {'200': _json(session_list, 'a page of sessions', link), **_errors(400, 401)},

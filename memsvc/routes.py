@@ -11,9 +11,8 @@ from pydantic import TypeAdapter
 
 from memsvc.appkeys import MANAGER, OPENAPI_JSON, TENANT
 from memsvc.errors import BackendUnavailable
-from memsvc.manager import InvalidCursor
 from memsvc.middlewares import ApiError
-from memsvc.models import NewMessage, NewSession, SessionPatch, StoredSession, is_session_id
+from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, require_session_id
 from memsvc.stores.base import MessageRange
 
 API = '/api/v1/chat'
@@ -21,7 +20,6 @@ SESSION = API + '/sessions/{session_id:[^/]+}'  # any segment reaches the handle
 MAX_ID = 2**53 - 1
 MAX_QUERY_CHARS = 2000
 READY_TIMEOUT_SECONDS = 2.0
-ROLES = ('system', 'developer', 'user', 'assistant', 'tool')
 
 routes = web.RouteTableDef()
 Model = TypeVar('Model')
@@ -36,11 +34,9 @@ _SUCCESS = orjson.dumps({'success': True})
 # --- request parsing -------------------------------------------------------------------------
 
 
-def _session_id(request: web.Request, value: str | None = None) -> str:
-    session_id = request.match_info['session_id'] if value is None else value
-    if not is_session_id(session_id):
-        raise ApiError(400, 'invalid_session_id', 'a session id is 1-128 characters of A-Z a-z 0-9 _ - . :')
-    return session_id
+def _session_id(request: web.Request) -> str:
+    """The path's session id, checked before the body is read (the manager checks it again)."""
+    return require_session_id(request.match_info['session_id'])
 
 
 def _query(request: web.Request, name: str) -> str | None:
@@ -105,8 +101,9 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=body, status=status, content_type='application/json', headers=headers)
 
 
-def _array(items: list[bytes]) -> orjson.Fragment:
-    return orjson.Fragment(b'[' + b','.join(items) + b']')
+def _array(items: list[bytes]) -> bytes:
+    """A JSON array of already-encoded items."""
+    return b'[' + b','.join(items) + b']'
 
 
 def _session(found: StoredSession) -> dict[str, Any]:
@@ -115,7 +112,7 @@ def _session(found: StoredSession) -> dict[str, Any]:
         'id': record.id,
         'created_at': record.created_at,
         'updated_at': record.updated_at,
-        'messages': _array(found.messages),
+        'messages': orjson.Fragment(_array(found.messages)),
         'metadata': orjson.Fragment(record.metadata),
     }
 
@@ -128,13 +125,9 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _int_query(request, 'limit', 1, 1000, default=100)
     assert limit is not None
     with_messages = _bool_query(request, 'include_messages', True)
-    cursor = _query(request, 'cursor')
-    try:
-        sessions, next_cursor = await request.app[MANAGER].list_sessions(
-            request[TENANT], limit=limit, cursor=cursor, with_messages=with_messages
-        )
-    except InvalidCursor:
-        raise ApiError(400, 'invalid_parameter', 'cursor: not a cursor this service handed out') from None
+    sessions, next_cursor = await request.app[MANAGER].list_sessions(
+        request[TENANT], limit=limit, cursor=_query(request, 'cursor'), with_messages=with_messages
+    )
     headers = None
     if next_cursor is not None:
         headers = {'Link': f'<{request.rel_url.update_query(cursor=next_cursor)}>; rel="next"'}
@@ -184,7 +177,7 @@ async def get_messages(request: web.Request) -> web.Response:
         after=_int_query(request, 'after', 0, MAX_ID),
     )
     messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
-    return web.Response(body=b'[' + b','.join(messages) + b']', content_type='application/json')
+    return web.Response(body=_array(messages), content_type='application/json')
 
 
 @routes.post(f'{SESSION}/messages')
@@ -195,7 +188,7 @@ async def add_messages(request: web.Request) -> web.Response:
     batch = raw.lstrip()[:1] == b'['
     messages = _validate(_NEW_MESSAGES, raw) if batch else [_validate(_NEW_MESSAGE, raw)]
     stored = await request.app[MANAGER].add_messages(request[TENANT], session_id, messages, batch=batch)
-    body = b'[' + b','.join(stored) + b']' if batch else stored[0]
+    body = _array(stored) if batch else stored[0]
     return web.Response(body=body, status=201, content_type='application/json')
 
 
@@ -211,7 +204,9 @@ async def clear_messages(request: web.Request) -> web.Response:
 async def _search(request: web.Request, session_id: str | None) -> web.Response:
     query = _query(request, 'q')
     if query is None or not query.strip() or len(query) > MAX_QUERY_CHARS:
-        raise ApiError(400, 'invalid_parameter', f'q: give a search text of 1 to {MAX_QUERY_CHARS} characters')
+        raise ApiError(
+            400, 'invalid_parameter', f'q: give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces'
+        )
     limit = _int_query(request, 'limit', 1, 50, default=5)
     assert limit is not None
     role = _query(request, 'role')
@@ -230,8 +225,7 @@ async def search_session(request: web.Request) -> web.Response:
 
 @routes.get(f'{API}/search')
 async def search_all(request: web.Request) -> web.Response:
-    session_id = _query(request, 'session_id')
-    return await _search(request, None if session_id is None else _session_id(request, session_id))
+    return await _search(request, _query(request, 'session_id'))
 
 
 # --- operations ------------------------------------------------------------------------------

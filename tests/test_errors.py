@@ -1,5 +1,6 @@
 """Every error class: JSON body, application/json, the right status, no stack trace, X-Request-ID."""
 
+import asyncio
 import io
 from typing import Any
 
@@ -14,6 +15,7 @@ from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
 
 API = '/api/v1/chat'
+JSON = {'Content-Type': 'application/json'}
 SESSION_ROUTES = [
     ('GET', '/sessions/{}'),
     ('PATCH', '/sessions/{}'),
@@ -66,13 +68,63 @@ async def test_malformed_json_is_400(client: CheckedClient, method: str, path: s
 
 
 @pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data'])
-async def test_non_json_body_is_415(client: CheckedClient, content_type: str) -> None:
-    reply = await client.post(
-        f'{API}/sessions/s/messages', data=b'{"role":"user","content":"x"}', headers={'Content-Type': content_type}
-    )
+@pytest.mark.parametrize(
+    ('method', 'path', 'body'),
+    [
+        ('POST', '/sessions/s/messages', b'{"role":"user","content":"x"}'),
+        ('POST', '/sessions', b'{"id":"s"}'),
+        ('PATCH', '/sessions/s', b'{"metadata":{"a":1}}'),
+    ],
+)
+async def test_non_json_body_is_415(
+    client: CheckedClient, content_type: str, method: str, path: str, body: bytes
+) -> None:
+    reply = await client.request(method, API + path, data=body, headers={'Content-Type': content_type})
     assert reply.status == 415
     assert reply.error_code == 'unsupported_media_type'
     assert (await client.get(f'{API}/sessions/s')).status == 404
+
+
+@pytest.mark.parametrize(
+    ('raw', 'field'),
+    [
+        (b'{"role":"user","content":"x","metadata":{"n":NaN}}', 'metadata'),
+        (b'{"role":"user","content":"x","metadata":{"deep":{"n":[1,-Infinity]}}}', 'metadata'),
+        (b'{"role":"user","content":"x","metadata":{"n":1e400}}', 'metadata'),
+        (b'{"role":"user","content":"x","metadata":{"n":123456789012345678901234567890}}', 'metadata'),
+        (b'{"role":"user","content":"x","tool_calls":[{"a":Infinity}]}', 'tool_calls[0]'),
+        (b'[{"role":"user","content":"x"},{"role":"user","content":"x","metadata":{"n":NaN}}]', '[1].metadata'),
+    ],
+)
+async def test_numbers_json_cannot_carry_are_422_never_stored_as_null(
+    client: CheckedClient, raw: bytes, field: str
+) -> None:
+    reply = await client.post(f'{API}/sessions/n/messages', data=raw, headers=JSON)
+    assert reply.status == 422
+    assert reply.json()['error']['message'].startswith(field)
+    assert (await client.get(f'{API}/sessions/n')).status == 404
+
+
+async def test_metadata_numbers_json_cannot_carry_are_422_on_create_and_patch(client: CheckedClient) -> None:
+    created = await client.post(f'{API}/sessions', data=b'{"id":"m","metadata":{"a":1e999}}', headers=JSON)
+    assert created.status == 422
+    await client.post(f'{API}/sessions', json={'id': 'm', 'metadata': {'a': 1}})
+    patched = await client.patch(f'{API}/sessions/m', data=b'{"metadata":{"a":NaN}}', headers=JSON)
+    assert patched.status == 422
+    assert (await client.get(f'{API}/sessions/m')).json()['metadata'] == {'a': 1}
+
+
+async def test_big_but_storable_numbers_round_trip(client: CheckedClient) -> None:
+    metadata = {'max': 2**64 - 1, 'min': -(2**63), 'tiny': 5e-324, 'big': 1.7976931348623157e308}
+    reply = await client.post(f'{API}/sessions/n/messages', json={'role': 'user', 'content': 'x', 'metadata': metadata})
+    assert reply.status == 201
+    assert reply.json()['metadata'] == metadata
+
+
+async def test_long_non_ascii_search_text_gets_a_json_answer(client: CheckedClient) -> None:
+    reply = await client.get(f'{API}/search', params={'q': '日' * 2000})
+    assert reply.status in (200, 501)
+    assert reply.headers['Content-Type'].startswith('application/json')
 
 
 async def test_json_with_charset_and_vendor_json_types_are_accepted(client: CheckedClient) -> None:
@@ -181,6 +233,18 @@ async def test_api_key_required_on_every_api_route(keyed: CheckedClient, auth: s
         assert reply.headers['WWW-Authenticate'] == 'Bearer'
     good = {'Authorization': 'Bearer s3cret-key'}
     assert (await keyed.get(f'{API}/sessions/s', headers=good)).status == 404, 'nothing was written without the key'
+
+
+async def test_api_key_with_bytes_outside_utf8_is_401(keyed: CheckedClient) -> None:
+    server = keyed.raw.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b'GET /api/v1/chat/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n'
+    )
+    reply = await reader.read()
+    writer.close()
+    assert reply.startswith(b'HTTP/1.1 401'), reply[:200]
+    assert b'"unauthorized"' in reply
 
 
 async def test_api_key_accepted_and_health_routes_stay_open(keyed: CheckedClient) -> None:
