@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import MANAGER, OPENAPI_JSON, SETTINGS
+from memsvc.appkeys import KEYRING, MANAGER, OPENAPI_JSON, SETTINGS
+from memsvc.auth import Keyring
 from memsvc.manager import AsyncMemoryManager
 from memsvc.middlewares import authenticate, request_context
 from memsvc.openapi import build_openapi
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={'max_line_size': MAX_LINE_BYTES, 'max_field_size': MAX_LINE_BYTES},
     )
     app[SETTINGS] = settings
+    app[KEYRING] = Keyring.from_settings(settings)
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_store_ctx)
     app.add_routes(routes)

@@ -31,8 +31,6 @@ from memsvc.models import (
 from memsvc.settings import Settings
 from memsvc.stores.base import ListCursor, MessageRange, Store
 
-DEFAULT_TENANT = 'default'
-
 
 def encode_cursor(position: ListCursor) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip('=')

@@ -1,6 +1,5 @@
 """Request ids, the one map from errors to JSON error responses, and API-key authentication."""
 
-import hmac
 import logging
 import re
 import uuid
@@ -9,7 +8,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from memsvc.appkeys import REQUEST_ID, SETTINGS, TENANT
+from memsvc.appkeys import KEYRING, REQUEST_ID, TENANT
+from memsvc.auth import DEFAULT_TENANT
 from memsvc.errors import (
     BackendUnavailable,
     InvalidCursor,
@@ -20,7 +20,6 @@ from memsvc.errors import (
     SessionExists,
     SessionNotFound,
 )
-from memsvc.manager import DEFAULT_TENANT
 
 log = logging.getLogger('memsvc')
 
@@ -105,14 +104,16 @@ def _default_message(request: web.Request, exc: web.HTTPException) -> str:
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With `MEMSVC_API_KEY` set, every `/api/v1/` route needs `Authorization: Bearer <key>`."""
-    request[TENANT] = DEFAULT_TENANT
-    key = request.app[SETTINGS].api_key
-    if key is not None and request.path.startswith('/api/v1/'):
-        given = request.headers.get('Authorization', '').encode('utf-8', 'surrogateescape')
-        expected = b'Bearer ' + key.get_secret_value().encode()
-        if not hmac.compare_digest(given, expected):
-            raise ApiError(
-                401, 'unauthorized', 'send the API key as "Authorization: Bearer <key>"', {'WWW-Authenticate': 'Bearer'}
-            )
+    """With API keys configured, every `/api/v1/` route needs `Authorization: Bearer <key>`, and the key
+    names the tenant whose sessions the request sees. Without keys, everything is the default tenant."""
+    keyring = request.app[KEYRING]
+    if keyring is None or not request.path.startswith('/api/v1/'):
+        request[TENANT] = DEFAULT_TENANT
+        return await handler(request)
+    tenant = keyring.tenant_for(request.headers.get('Authorization', '').encode('utf-8', 'surrogateescape'))
+    if tenant is None:
+        raise ApiError(
+            401, 'unauthorized', 'send the API key as "Authorization: Bearer <key>"', {'WWW-Authenticate': 'Bearer'}
+        )
+    request[TENANT] = tenant
     return await handler(request)

@@ -321,7 +321,7 @@ def build_openapi(settings: Settings) -> Schema:
         },
         'components': {'schemas': _schemas(settings)},
     }
-    if settings.api_key is not None:
+    if settings.tenant_keys() is not None:
         document['components']['securitySchemes'] = {'apiKey': {'type': 'http', 'scheme': 'bearer'}}
         document['security'] = [{'apiKey': []}]
     return document

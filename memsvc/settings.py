@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memsvc.auth import DEFAULT_TENANT, parse_api_keys
+
 MemoryType = Literal['in_memory', 'redis', 'chroma']
 LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']
 
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
     api_key: SecretStr | None = Field(None, min_length=1)
+    api_keys: SecretStr | None = Field(None, description='tenant=key,tenant2=key2: one key per tenant')
+    api_keys_file: Path | None = Field(None, description='a file of tenant=key lines, instead of MEMSVC_API_KEYS')
     key_prefix: Annotated[str, Field(pattern=r'^[A-Za-z0-9_.:-]{1,64}$')] = 'memsvc'
     session_ttl_seconds: int = Field(0, ge=0, description='idle sessions expire after this long; 0 = never')
     max_messages_per_session: int = Field(0, ge=0, description='keep only the newest N messages; 0 = all')
@@ -54,6 +58,30 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and isinstance(data.get('log_level'), str):
             data = {**data, 'log_level': data['log_level'].upper()}
         return data
+
+    @model_validator(mode='after')
+    def _one_source_of_api_keys(self) -> Self:
+        given = [name for name in ('api_key', 'api_keys', 'api_keys_file') if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f'{given[1]}: set only one of MEMSVC_API_KEY, MEMSVC_API_KEYS, MEMSVC_API_KEYS_FILE')
+        self.tenant_keys()  # a malformed list stops the start here, naming the variable
+        return self
+
+    def tenant_keys(self) -> dict[str, str] | None:
+        """{tenant: key}, or None without authentication. `MEMSVC_API_KEY` is one key of the default tenant."""
+        if self.api_key is not None:
+            return {DEFAULT_TENANT: self.api_key.get_secret_value()}
+        try:
+            if self.api_keys is not None:
+                return parse_api_keys(self.api_keys.get_secret_value())
+            if self.api_keys_file is not None:
+                return parse_api_keys(self.api_keys_file.read_text())
+        except ValueError as exc:
+            field = 'api_keys' if self.api_keys is not None else 'api_keys_file'
+            raise ValueError(f'{field}: {exc}') from None
+        except OSError as exc:
+            raise ValueError(f'api_keys_file: cannot read {self.api_keys_file}: {exc.strerror}') from None
+        return None
 
     @model_validator(mode='after')
     def _workers_need_a_shared_store(self) -> Self:
