@@ -5,20 +5,24 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import KEYRING, MANAGER, OPENAPI_JSON, SETTINGS
+from memsvc.appkeys import KEYRING, MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
 from memsvc.manager import AsyncMemoryManager
+from memsvc.metrics import Metrics
 from memsvc.middlewares import authenticate, request_context
 from memsvc.openapi import build_openapi
 from memsvc.routes import routes
 from memsvc.settings import Settings
 from memsvc.stores import open_store
+from memsvc.stores.instrumented import InstrumentedStore
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store at start (failing there when the backend is down) and close it at the end."""
-    async with open_store(app[SETTINGS]) as store:
-        app[MANAGER] = AsyncMemoryManager(store, app[SETTINGS])
+    settings = app[SETTINGS]
+    async with open_store(settings) as store:
+        instrumented = InstrumentedStore(store, app[METRICS], settings.store_timeout_seconds)
+        app[MANAGER] = AsyncMemoryManager(instrumented, settings)
         yield
 
 
@@ -35,6 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[KEYRING] = Keyring.from_settings(settings)
+    app[METRICS] = Metrics()
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_store_ctx)
     app.add_routes(routes)

@@ -7,12 +7,14 @@ only when every worker drained and exited 0.
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+import tempfile
 from types import FrameType
 from typing import Any
 
@@ -21,6 +23,8 @@ from pydantic import ValidationError
 
 from memsvc import __version__
 from memsvc.errors import MemsvcError
+from memsvc.logs import configure_logging
+from memsvc.metrics import MULTIPROC_ENV, mark_process_dead
 from memsvc.settings import Settings, describe_error
 
 log = logging.getLogger('memsvc')
@@ -51,7 +55,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one server process until SIGTERM/SIGINT; return its exit status."""
     from memsvc.app import create_app
 
-    logging.basicConfig(level=settings.log_level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    configure_logging(settings.log_level, settings.log_format)
     try:
         web.run_app(
             create_app(settings),
@@ -79,7 +83,19 @@ def _worker(settings: Settings) -> None:
 
 
 def serve_workers(settings: Settings) -> int:
-    """Start `settings.workers` processes on one port; stop them all when one fails or on a signal."""
+    """Start `settings.workers` processes on one port; stop them all when one fails or on a signal.
+
+    The workers share a directory for their metrics (`PROMETHEUS_MULTIPROC_DIR`, a fresh temporary one
+    unless set), so that `/metrics` in any of them answers for all.
+    """
+    with contextlib.ExitStack() as stack:
+        if MULTIPROC_ENV not in os.environ:
+            os.environ[MULTIPROC_ENV] = stack.enter_context(tempfile.TemporaryDirectory(prefix='memsvc-metrics-'))
+            stack.callback(os.environ.pop, MULTIPROC_ENV)
+        return _run_workers(settings)
+
+
+def _run_workers(settings: Settings) -> int:
     context = multiprocessing.get_context('spawn')
     workers = [
         context.Process(target=_worker, args=(settings,), name=f'memsvc-worker-{n}') for n in range(settings.workers)
@@ -101,6 +117,8 @@ def serve_workers(settings: Settings) -> int:
         multiprocessing.connection.wait([w.sentinel for w in pending])
         for worker in [w for w in pending if w.exitcode is not None]:
             pending.remove(worker)
+            assert worker.pid is not None
+            mark_process_dead(worker.pid)
             if worker.exitcode != 0:
                 status = 1
                 forward(signal.SIGTERM, None)
@@ -126,6 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f'memsvc: {describe_error(exc)}', file=sys.stderr)
         return 2
     if settings.workers > 1:
-        logging.basicConfig(level=settings.log_level, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+        configure_logging(settings.log_level, settings.log_format)
         return serve_workers(settings)
     return serve(settings)

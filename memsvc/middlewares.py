@@ -2,13 +2,14 @@
 
 import logging
 import re
+import time
 import uuid
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from memsvc.appkeys import KEYRING, REQUEST_ID, TENANT
+from memsvc.appkeys import KEYRING, METRICS, REQUEST_ID, TENANT
 from memsvc.auth import DEFAULT_TENANT
 from memsvc.errors import (
     BackendUnavailable,
@@ -20,6 +21,7 @@ from memsvc.errors import (
     SessionExists,
     SessionNotFound,
 )
+from memsvc.logs import CURRENT_REQUEST_ID
 
 log = logging.getLogger('memsvc')
 
@@ -60,38 +62,52 @@ def _status_for(exc: MemsvcError) -> int:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (the client's `X-Request-ID` when it is sane) and every failure a JSON body."""
+    """Give every request an id (the client's `X-Request-ID` when it is sane, also in every log line),
+    every failure a JSON body, and every answer its place in the metrics."""
     given = request.headers.get('X-Request-ID', '')
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
-    response: web.StreamResponse
+    CURRENT_REQUEST_ID.set(request_id)
+    metrics = request.app[METRICS]
+    start = time.perf_counter()
+    metrics.in_flight.inc()
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.headers)
-    except MemsvcError as exc:
+    except Exception as exc:
+        response = _error_response(request, exc)
+    finally:
+        metrics.in_flight.dec()
+    response.headers['X-Request-ID'] = request_id
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else '(unmatched)'
+    metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
+    return response
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The one map from an exception to the JSON error a client sees."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, MemsvcError):
         status = _status_for(exc)
-        headers = {'Retry-After': RETRY_AFTER_SECONDS} if status == 503 else None
-        if status == 503:
-            log.warning('request %s: backend unavailable: %s', request_id, exc.message)
-        response = error_response(status, exc.code, exc.message, headers)
-    except ConnectionResetError:  # the client went away mid-request; aiohttp drops this answer quietly
-        log.info('request %s: the client closed the connection before the request was complete', request_id)
-        response = error_response(400, 'incomplete_request', 'the connection closed before the request was complete')
-    except web.HTTPException as exc:
+        if status != 503:
+            return error_response(status, exc.code, exc.message)
+        log.warning('backend unavailable: %s', exc.message)
+        return error_response(status, exc.code, exc.message, {'Retry-After': RETRY_AFTER_SECONDS})
+    if isinstance(exc, ConnectionResetError):  # the client went away mid-request; aiohttp drops this answer
+        log.info('the client closed the connection before the request was complete')
+        return error_response(400, 'incomplete_request', 'the connection closed before the request was complete')
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, exc.reason.lower().replace(' ', '_').replace('-', '_'))
         headers = {'Allow': exc.headers['Allow']} if 'Allow' in exc.headers else None
         message = exc.text if exc.text and not exc.text.startswith(f'{exc.status}:') else _default_message(request, exc)
-        response = error_response(exc.status, code, message, headers)
-    except Exception:
-        log.exception('request %s: unhandled error in %s %s', request_id, request.method, request.path)
-        response = error_response(
-            500, 'internal_error', f'the server failed to handle this request; quote request id {request_id}'
-        )
-    response.headers['X-Request-ID'] = request_id
-    return response
+        return error_response(exc.status, code, message, headers)
+    log.error('unhandled error in %s %s', request.method, request.path, exc_info=exc)
+    return error_response(
+        500, 'internal_error', f'the server failed to handle this request; quote request id {request[REQUEST_ID]}'
+    )
 
 
 def _default_message(request: web.Request, exc: web.HTTPException) -> str:

@@ -308,6 +308,14 @@ def build_openapi(settings: Settings) -> Schema:
                     },
                 }
             },
+            '/metrics': {
+                'get': {
+                    'operationId': 'metrics',
+                    'summary': 'Prometheus metrics (text format), for every worker process',
+                    'security': [],
+                    'responses': {'200': {'description': 'the metrics', 'content': {'text/plain': {}}}},
+                }
+            },
             '/api/v1/openapi.json': {
                 'get': {
                     'operationId': 'openapi',

@@ -9,8 +9,9 @@ import pydantic
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from memsvc.appkeys import MANAGER, OPENAPI_JSON, TENANT
+from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
 from memsvc.errors import BackendUnavailable
+from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.middlewares import ApiError
 from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, require_session_id
 from memsvc.stores.base import MessageRange
@@ -244,6 +245,13 @@ async def readyz(request: web.Request) -> web.Response:
     except TimeoutError:
         raise BackendUnavailable(f'the store did not answer within {READY_TIMEOUT_SECONDS} s') from None
     return _json({'status': 'ready'})
+
+
+@routes.get('/metrics')
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers['Content-Type'] = METRICS_CONTENT_TYPE
+    return response
 
 
 @routes.get('/api/v1/openapi.json')

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(100, ge=1, le=10_000)
 
     log_level: LogLevel = 'INFO'
+    log_format: Literal['text', 'json'] = 'text'
+    store_timeout_seconds: float = Field(10.0, gt=0, le=600, description='longest a store operation may take, then 503')
     access_log: bool = False
     shutdown_timeout: float = Field(30.0, gt=0, description='seconds to finish in-flight requests on SIGTERM')
 

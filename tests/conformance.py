@@ -59,8 +59,9 @@ class Conformance:
     def check(self, method: str, path: str, reply: Reply) -> None:
         """Assert that `reply` is what the document promises for `method path`."""
         assert reply.headers.get('X-Request-ID'), 'every response carries X-Request-ID'
-        if reply.status >= 400 or reply.body:
-            assert reply.headers.get('Content-Type', '').startswith('application/json'), reply.headers
+        content_type = reply.headers.get('Content-Type', '').split(';')[0]
+        if reply.status >= 400:
+            assert content_type == 'application/json', reply.headers
         template = self.template(path)
         operation = self.document['paths'][template].get(method.lower()) if template else None
         if operation is None:  # unknown route or method: the error body is still ours
@@ -72,7 +73,9 @@ class Conformance:
         for header in listed.get('headers', {}):
             if header in ALWAYS_PRESENT_HEADERS:
                 assert header in reply.headers, f'{method} {template} {reply.status} lacks the {header} header'
-        schema = listed.get('content', {}).get('application/json', {}).get('schema')
+        content = listed.get('content', {})
+        assert not content or content_type in content, f'{method} {template} answered {content_type}'
+        schema = content.get('application/json', {}).get('schema')
         if schema is not None and method != 'HEAD':
             self.validate(schema, reply.json())
         self.checked.append((method, template or path, reply.status))

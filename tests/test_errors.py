@@ -2,6 +2,8 @@
 
 import asyncio
 import io
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -11,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
+from memsvc.logs import configure_logging
 from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
 
@@ -180,9 +183,28 @@ async def test_request_id_is_echoed_or_made_up(client: CheckedClient) -> None:
     assert failed.headers['X-Request-ID'] == 'trace-1'
 
 
+@pytest.fixture
+def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """memsvc's own log configuration (MEMSVC_LOG_FORMAT=json), set up at the first call of the reader it
+    yields (so that it writes to the test's stderr); the reader returns the JSON lines logged since."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+
+    def read() -> list[dict[str, Any]]:
+        if root.handlers == saved[0]:
+            configure_logging('INFO', 'json')
+        return [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith('{')]
+
+    try:
+        yield read
+    finally:
+        root.handlers, root.level = saved[0], saved[1]
+
+
 async def test_unexpected_error_is_500_without_stack_trace_and_logged_with_request_id(
-    aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
+    aiohttp_client: AiohttpClient, json_logs: Callable[[], list[dict[str, Any]]]
 ) -> None:
+    json_logs()
     app = create_app(Settings())
 
     async def broken(request: web.Request) -> web.Response:
@@ -200,9 +222,26 @@ async def test_unexpected_error_is_500_without_stack_trace_and_logged_with_reque
     assert 'boom-1' in error['message']
     assert b'secret' not in body
     assert b'Traceback' not in body
-    assert any('boom-1' in r.getMessage() and r.exc_info for r in caplog.records)
     async with client.get('/healthz') as response:
         assert response.status == 200, 'the process keeps serving'
+    [logged] = [line for line in json_logs() if line['level'] == 'ERROR']
+    assert logged['request_id'] == 'boom-1'
+    assert logged['logger'] == 'memsvc'
+    assert 'RuntimeError: secret internal detail' in logged['exception'], 'the details stay in the log'
+
+
+async def test_every_log_line_of_a_request_carries_its_id(
+    client: CheckedClient, json_logs: Callable[[], list[dict[str, Any]]]
+) -> None:
+    json_logs()
+    logging.getLogger('memsvc.test').info('outside any request')
+    await client.get(f'{API}/sessions', params={'limit': '0'}, headers={'X-Request-ID': 'req-7'})
+    await client.get('/healthz', headers={'X-Request-ID': 'req-8'})
+    lines = json_logs()
+    assert lines[0]['request_id'] == '-'
+    assert lines[0]['message'] == 'outside any request'
+    access = [line for line in lines if line['logger'] == 'aiohttp.access']
+    assert [line['request_id'] for line in access] == ['req-7', 'req-8'], 'the access log line of each request'
 
 
 # --- API key ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from tests.conftest import make_settings
 from tests.servers import RedisServer, free_port
+from tests.test_metrics import request_counts
 
 API = '/api/v1/chat'
 WRITERS = 50
@@ -161,6 +162,13 @@ async def test_two_worker_processes_serve_the_same_data(workers: Workers, redis_
 
         seen = await asyncio.gather(*(read() for _ in range(100)))
         assert all(sorted(contents) == sorted(f'm{n}' for n in range(200)) for contents in seen)
+
+        # /metrics of whichever worker answers counts the requests of both
+        async with http.get(f'{base}/metrics') as r:
+            assert r.status == 200
+            counts = request_counts(await r.text())
+        assert counts[(f'{API}/sessions/{{session_id}}/messages', 'POST', '201')] == 200
+        assert counts[(f'{API}/sessions/{{session_id}}/messages', 'GET', '200')] == 100
 
     # Each worker names its Redis connections memsvc:<pid>; both ran the store's scripts for requests.
     with redis_server.client() as client:

@@ -1,0 +1,84 @@
+"""Any store, with a deadline on every operation and each operation's latency and failures measured.
+
+The deadline (`MEMSVC_STORE_TIMEOUT_SECONDS`) bounds what the client libraries' own timeouts do not:
+a Chroma call stuck in its executor, or a Redis command behind a busy pool. Past it, the request
+answers 503; the operation may still complete (a Chroma thread cannot be stopped), which is why a
+503 means "outcome unknown, retry with the same Idempotency-Key", never "nothing happened".
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+from memsvc.errors import BackendUnavailable, MemsvcError
+from memsvc.metrics import Metrics
+from memsvc.models import SearchHit, SessionRecord, StoredSession
+from memsvc.stores.base import ListCursor, MessageRange, Store
+
+T = TypeVar('T')
+
+
+class InstrumentedStore:
+    def __init__(self, store: Store, metrics: Metrics, timeout: float) -> None:
+        self.inner = store
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except TimeoutError:
+            self._metrics.store_errors.labels(operation, 'timeout').inc()
+            raise BackendUnavailable(f'the store did not answer within {self._timeout} s') from None
+        except BackendUnavailable:
+            self._metrics.store_errors.labels(operation, 'unavailable').inc()
+            raise
+        except MemsvcError:  # an answer, not a failure of the store (e.g. search on a store without it)
+            raise
+        except Exception:
+            self._metrics.store_errors.labels(operation, 'internal').inc()
+            raise
+        finally:
+            self._metrics.store_latency.labels(operation).observe(time.perf_counter() - start)
+
+    async def ping(self) -> None:
+        return await self._call('ping', self.inner.ping())
+
+    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
+        return await self._call('create_session', self.inner.create_session(tenant, record))
+
+    async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
+        return await self._call('get_session', self.inner.get_session(tenant, session_id, with_messages=with_messages))
+
+    async def list_sessions(
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+    ) -> tuple[list[StoredSession], bool]:
+        call = self.inner.list_sessions(tenant, limit=limit, after=after, with_messages=with_messages)
+        return await self._call('list_sessions', call)
+
+    async def update_metadata(
+        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+    ) -> SessionRecord | None:
+        return await self._call('update_metadata', self.inner.update_metadata(tenant, session_id, apply, now))
+
+    async def delete_session(self, tenant: str, session_id: str) -> bool:
+        return await self._call('delete_session', self.inner.delete_session(tenant, session_id))
+
+    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+        return await self._call('append_messages', self.inner.append_messages(tenant, session_id, bodies, now))
+
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+        return await self._call('get_messages', self.inner.get_messages(tenant, session_id, selection))
+
+    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
+        return await self._call('clear_messages', self.inner.clear_messages(tenant, session_id, now))
+
+    async def search(
+        self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
+    ) -> list[SearchHit]:
+        call = self.inner.search(tenant, query, limit=limit, session_id=session_id, role=role)
+        return await self._call('search', call)
