@@ -6,6 +6,7 @@ is a 3-master Redis Cluster built with `redis-cli --cluster create`. Never the m
 """
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +20,26 @@ import pytest
 import redis
 
 START_TIMEOUT_SECONDS = 15.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without memsvc's variables, plus `extra`: for a memsvc process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MEMSVC_') and k not in ('MEMORY_TYPE', 'REDIS_URL')}
+    env.update(extra)
+    return env
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Return once `process` accepts connections on `port`; fail if it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else f'exited {process.returncode}'
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f'memsvc did not listen on {port} within {START_TIMEOUT_SECONDS} s')
 
 
 def redis_binary(name: str) -> str:

@@ -1,6 +1,5 @@
 """The command line, run as a real process: start, serve, configuration errors, graceful stop."""
 
-import os
 import signal
 import socket
 import subprocess
@@ -12,27 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.servers import RedisServer, free_port
-
-START_TIMEOUT = 15.0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith('MEMSVC_') and k not in ('MEMORY_TYPE', 'REDIS_URL')}
-    env.update(extra)
-    return env
-
-
-def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else b''
-        try:
-            with socket.create_connection(('127.0.0.1', port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f'memsvc did not listen on {port} within {START_TIMEOUT} s')
+from tests.servers import RedisServer, clean_env, free_port, wait_until_serving
 
 
 def http(port: int, method: str, path: str, body: bytes = b'') -> tuple[int, bytes]:
