@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest all clean
+.PHONY: help install run test lint typecheck pytest all clean bench bench-tools load
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,24 @@ pytest: $(STAMP) ## the test suite alone
 test: lint typecheck pytest ## lint, typecheck and the whole test suite (what CI runs)
 
 all: test ## everything CI checks
+
+BENCH_STAMP := $(VENV)/.bench-installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench-tools:
+	@for tool in wrk redis-server; do command -v $$tool >/dev/null 2>&1 && continue; \
+	    echo "$$tool not on PATH; installing it with apt-get"; $(SUDO) apt-get update -qq; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$tool; done
+
+bench: $(BENCH_STAMP) bench-tools ## memsvc against a bare-aiohttp ceiling with wrk (~12 min; bench/results/)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+load: $(BENCH_STAMP) bench-tools ## locust for 60 s against a memsvc it starts (LOAD_ARGS='--memory-type redis')
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
