@@ -37,8 +37,9 @@ PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeo
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -47,7 +48,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
@@ -133,13 +135,49 @@ def create_client(settings: Settings) -> Client:
         raise BackendUnavailable(f'REDIS_URL {masked_url(settings.redis_url)} cannot be used: {exc}') from None
 
 
+_CLIENT_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
+def _translated(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(f'Redis did not answer ({type(exc).__name__}); retry shortly')
+
+
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
     """Translate the client's errors, timeouts included, into `BackendUnavailable`."""
     try:
         yield
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise BackendUnavailable(f'Redis did not answer ({type(exc).__name__}); retry shortly') from exc
+    except _CLIENT_ERRORS as exc:
+        raise _translated(exc) from exc
+
+
+class _Guard:
+    """Around every operation (`RedisStore._call`): the Cluster's connection bound, and error translation.
+
+    A class, not `asynccontextmanager` around `_unavailable()`: those two generator-based context
+    managers cost ~5 µs per operation, this under 1 µs. It keeps no state of its own per operation, so
+    one instance serves them all.
+    """
+
+    __slots__ = ('_slots', '_timeout')
+
+    def __init__(self, slots: asyncio.Semaphore | None, timeout: float) -> None:
+        self._slots, self._timeout = slots, timeout
+
+    async def __aenter__(self) -> None:
+        if self._slots is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise BackendUnavailable(f'no Redis connection free within {self._timeout} s') from None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._slots is not None:
+            self._slots.release()
+        if isinstance(exc, _CLIENT_ERRORS):
+            raise _translated(exc) from exc
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -156,6 +194,73 @@ def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, ve
     )
 
 
+class Coalescer:
+    """Sends the script calls of concurrent requests as one pipeline per event-loop iteration.
+
+    Each call queues its EVALSHA and waits; the first call of an iteration schedules a flush for the
+    end of it, which sends everything queued on one pooled connection (one write, one read) and hands
+    each caller its own reply or error. Under load this replaces a connection checkout, a write and a
+    read per request by one per batch: get-last-20 needed 224 µs of CPU per request with a call per
+    request and a fraction of that batched (see the commit message for the figures). Calls stay
+    independent: each script is atomic on its own, a failed call fails only its caller, and a
+    connection error or timeout fails the batch it hit. Single Redis only; Cluster calls go direct.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._queue: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        future = loop.create_future()
+        self._queue.append((script, keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every call of the batch gets the error
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (script, keys, args, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller went away
+                continue
+            if isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
+                retry = asyncio.ensure_future(script(keys=keys, args=args))
+                retry.add_done_callback(functools.partial(_settle, future))
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+def _settle(future: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if future.done():
+        return
+    if source.cancelled():
+        future.cancel()
+    elif (error := source.exception()) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(source.result())
+
+
 class RedisStore:
     """The `Store` contract on Redis or Redis Cluster. The client is the caller's: it opens and closes it."""
 
@@ -168,6 +273,7 @@ class RedisStore:
         self._pool_timeout = settings.redis_pool_timeout
         # redis-py's async Cluster client has no blocking pool; this gives it the same wait-then-503.
         self._slots = asyncio.Semaphore(settings.redis_max_connections) if self._cluster else None
+        self._guard = _Guard(self._slots, self._pool_timeout)
         script = client.register_script
         self._append, self._create, self._set_metadata = (
             script(lua.APPEND),
@@ -177,6 +283,7 @@ class RedisStore:
         self._clear, self._delete, self._touch_index = script(lua.CLEAR), script(lua.DELETE), script(lua.TOUCH_INDEX)
         self._remove_stale = script(lua.REMOVE_STALE)
         self._get_session, self._get_messages = script(lua.GET_SESSION), script(lua.GET_MESSAGES)
+        self._coalescer = Coalescer(client) if isinstance(client, Redis) else None
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
@@ -190,23 +297,9 @@ class RedisStore:
             detail = ' '.join(str(cause).split()) or type(cause).__name__
             raise BackendUnavailable(f'Redis at {masked_url(url)} does not answer: {detail}') from None
 
-    @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
+    def _call(self) -> _Guard:
         """Around every operation: the Cluster's connection bound, and error translation."""
-        if self._slots is None:
-            with _unavailable():
-                yield
-            return
-        try:
-            async with asyncio.timeout(self._pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise BackendUnavailable(f'no Redis connection free within {self._pool_timeout} s') from None
-        try:
-            with _unavailable():
-                yield
-        finally:
-            self._slots.release()
+        return self._guard
 
     def _session_call(
         self, keys: RedisKeys, session_id: str, now: datetime
@@ -226,6 +319,12 @@ class RedisStore:
         micros = int(score)
         await self._touch_index(keys=[keys.sessions()], args=[session_id, str(micros), self._ttl, self._cutoff(micros)])
 
+    def _script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        """Run a script: with the concurrent ones in one pipeline on a single Redis, on its own on Cluster."""
+        if self._coalescer is None:
+            return script(keys=keys, args=args)
+        return self._coalescer.call(script, keys, args)
+
     async def ping(self) -> None:
         async with self._call():
             await self._client.ping()
@@ -235,7 +334,7 @@ class RedisStore:
         key_list, args = self._session_call(keys, record.id, record.updated_at)
         args += [str(to_micros(record.created_at)), record.metadata, str(record.version)]
         async with self._call():
-            created = bool(await self._create(keys=key_list, args=args))
+            created = bool(await self._script(self._create, key_list, args))
             if created and self._cluster:
                 await self._index(keys, record.id, to_micros(record.updated_at))
         return created
@@ -244,7 +343,7 @@ class RedisStore:
         keys = RedisKeys(self._prefix, tenant)
         async with self._call():
             if with_messages:
-                found = await self._get_session(keys=[keys.meta(session_id), keys.msgs(session_id)])
+                found = await self._script(self._get_session, [keys.meta(session_id), keys.msgs(session_id)], ())
                 if found is None:
                     return None
                 fields, messages = found
@@ -366,7 +465,7 @@ class RedisStore:
         keys = RedisKeys(self._prefix, tenant)
         key_list, args = self._session_call(keys, session_id, now)
         async with self._call():
-            call = self._append(keys=key_list, args=[*args, self._max_messages, *bodies])
+            call = self._script(self._append, key_list, [*args, self._max_messages, *bodies])
             if self._cluster:
                 first, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
             else:
@@ -378,7 +477,7 @@ class RedisStore:
         keys = RedisKeys(self._prefix, tenant)
         args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
         async with self._call():
-            messages = await self._get_messages(keys=[keys.meta(session_id), keys.msgs(session_id)], args=args)
+            messages = await self._script(self._get_messages, [keys.meta(session_id), keys.msgs(session_id)], args)
         return None if messages is None else list(messages)
 
     async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
