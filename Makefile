@@ -13,7 +13,7 @@ help: ## show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,chroma]'
 	touch $@
 
 install: $(STAMP) ## create .venv and install memsvc with its test tools

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     chroma_persist_directory: Path | None = Field(None, validation_alias=_env('CHROMA_PERSIST_DIRECTORY'))
     chroma_host: str | None = Field(None, validation_alias=_env('CHROMA_HOST'))
     chroma_port: int = Field(8000, ge=1, le=65535, validation_alias=_env('CHROMA_PORT'))
+    chroma_threads: int = Field(4, ge=1, le=64, description='threads for Chroma calls and embedding, per process')
+    chroma_timeout: float = Field(10.0, gt=0, le=300, description='seconds to wait for a Chroma server, then 503')
+    embedding_model_dir: Path | None = Field(None, description='a directory with model.onnx and tokenizer.json')
     redis_max_connections: int = Field(64, ge=1, le=10_000, description='Redis connections per process (per node)')
     redis_pool_timeout: float = Field(0.5, gt=0, le=60, description='seconds to wait for a free connection, then 503')
     redis_connect_timeout: float = Field(0.5, gt=0, le=60, description='seconds to open a connection, then 503')
@@ -91,6 +94,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 'workers: --workers > 1 needs a shared store; with MEMORY_TYPE=in_memory each process '
                 'would hold different data (use MEMORY_TYPE=redis)'
+            )
+        if self.workers > 1 and self.memory_type == 'chroma' and self.chroma_host is None:
+            raise ValueError(
+                'workers: --workers > 1 needs a Chroma server (CHROMA_HOST); processes sharing embedded Chroma '
+                'would see inconsistent vector indexes'
             )
         return self
 

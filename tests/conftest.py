@@ -14,12 +14,13 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from memsvc.settings import Settings
 from memsvc.stores import Store, open_store
+from tests.chroma_server import ChromaServer, chroma_server
 from tests.conformance import CheckedClient, Conformance
 from tests.servers import RedisClusterServers, RedisServer, redis_cluster, redis_server
 
-__all__ = ['redis_cluster', 'redis_server']  # fixtures, re-exported so that pytest finds them
+__all__ = ['chroma_server', 'redis_cluster', 'redis_server']  # fixtures, re-exported so that pytest finds them
 
-STORE_KINDS = ['in_memory', 'redis', 'redis_cluster']
+STORE_KINDS = ['in_memory', 'redis', 'redis_cluster', 'chroma', 'chroma_server']
 
 _KEY_PREFIX = pytest.StashKey[str]()
 
@@ -42,6 +43,13 @@ def make_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -
     elif kind == 'redis_cluster':
         cluster: RedisClusterServers = request.getfixturevalue('redis_cluster')
         values.update(memory_type='redis', redis_url=cluster.url, key_prefix=key_prefix_for(request))
+    elif kind == 'chroma':  # embedded and persistent, in the test's own directory
+        directory = request.getfixturevalue('tmp_path') / 'chroma'
+        values.update(chroma_persist_directory=directory, key_prefix=key_prefix_for(request))
+    elif kind == 'chroma_server':
+        chroma: ChromaServer = request.getfixturevalue('chroma_server')
+        values.update(memory_type='chroma', chroma_host='127.0.0.1', chroma_port=chroma.port)
+        values.update(key_prefix=key_prefix_for(request))
     values.update(overrides)
     return Settings(**values)
 

@@ -1,7 +1,9 @@
 """Picks, opens and closes the configured store. Backends are imported lazily: an install without
 the `chroma` extra runs the other stores."""
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import assert_never
 
@@ -31,6 +33,22 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             finally:
                 await client.aclose()
         case 'chroma':
-            raise NotSupported(f'MEMORY_TYPE={settings.memory_type} is not available in this version of memsvc')
+            try:
+                from memsvc.stores.chroma import ChromaStore, open_chroma
+            except ImportError as exc:
+                raise NotSupported(
+                    f'MEMORY_TYPE=chroma needs the chroma extra: pip install "memsvc[chroma]" ({exc})'
+                ) from None
+            executor = ThreadPoolExecutor(settings.chroma_threads, thread_name_prefix='memsvc-chroma')
+            try:
+                backend, embedder = await open_chroma(settings, executor)
+                try:
+                    chroma_store = ChromaStore(backend, embedder, executor, settings)
+                    await chroma_store.open()
+                    yield chroma_store
+                finally:
+                    await asyncio.get_running_loop().run_in_executor(executor, backend.close)
+            finally:
+                executor.shutdown(wait=False, cancel_futures=True)
         case _:
             assert_never(settings.memory_type)
