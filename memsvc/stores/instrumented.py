@@ -21,7 +21,11 @@ T = TypeVar('T')
 
 
 class InstrumentedStore:
-    def __init__(self, store: Store, metrics: Metrics, timeout: float) -> None:
+    """`timeout` None: no deadline, for a store that never waits (the in-memory one, whose operations
+    finish without suspending, so a deadline could never fire). On uvloop each `asyncio.timeout` arms and
+    cancels a libuv timer, ~5 µs per operation."""
+
+    def __init__(self, store: Store, metrics: Metrics, timeout: float | None) -> None:
         self.inner = store
         self._metrics = metrics
         self._timeout = timeout
@@ -29,6 +33,8 @@ class InstrumentedStore:
     async def _call(self, operation: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         try:
+            if self._timeout is None:
+                return await call
             async with asyncio.timeout(self._timeout):
                 return await call
         except TimeoutError:
@@ -43,7 +49,7 @@ class InstrumentedStore:
             self._metrics.store_errors.labels(operation, 'internal').inc()
             raise
         finally:
-            self._metrics.store_latency.labels(operation).observe(time.perf_counter() - start)
+            self._metrics.observe_store(operation, time.perf_counter() - start)
 
     async def ping(self) -> None:
         return await self._call('ping', self.inner.ping())
