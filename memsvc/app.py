@@ -9,7 +9,7 @@ from memsvc.appkeys import KEYRING, MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import Metrics
-from memsvc.middlewares import authenticate, request_context
+from memsvc.middlewares import request_context
 from memsvc.openapi import build_openapi
 from memsvc.routes import routes
 from memsvc.settings import Settings
@@ -35,7 +35,7 @@ default of 8,190 bytes would answer such requests with a plain-text 400 before a
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, authenticate],
+        middlewares=[request_context],
         client_max_size=settings.max_body_bytes,
         handler_args={'max_line_size': MAX_LINE_BYTES, 'max_field_size': MAX_LINE_BYTES},
     )

@@ -1,9 +1,9 @@
 """Request ids, the one map from errors to JSON error responses, and API-key authentication."""
 
 import logging
+import random
 import re
 import time
-import uuid
 
 import orjson
 from aiohttp import web
@@ -62,16 +62,17 @@ def _status_for(exc: MemsvcError) -> int:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id (the client's `X-Request-ID` when it is sane, also in every log line),
-    every failure a JSON body, and every answer its place in the metrics."""
+    """Give every request an id (the client's `X-Request-ID` when it is sane, also in every log line) and
+    its tenant, every failure a JSON body, and every answer its place in the metrics."""
     given = request.headers.get('X-Request-ID', '')
-    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if _REQUEST_ID.fullmatch(given) else _new_request_id()
     request[REQUEST_ID] = request_id
     CURRENT_REQUEST_ID.set(request_id)
     metrics = request.app[METRICS]
     start = time.perf_counter()
     metrics.in_flight.inc()
     try:
+        request[TENANT] = _tenant(request)
         response = await handler(request)
     except Exception as exc:
         response = _error_response(request, exc)
@@ -82,6 +83,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     route = resource.canonical if resource is not None else '(unmatched)'
     metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
     return response
+
+
+def _new_request_id() -> str:
+    """32 random hex digits, like a uuid4's, from `random` rather than the OS: ids need to be unique, not
+    unpredictable, and this is 20 times cheaper than `uuid.uuid4().hex` (0.13 against 2.6 µs)."""
+    return random.getrandbits(128).to_bytes(16).hex()
 
 
 def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
@@ -118,18 +125,17 @@ def _default_message(request: web.Request, exc: web.HTTPException) -> str:
     return exc.reason
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _tenant(request: web.Request) -> str:
     """With API keys configured, every `/api/v1/` route needs `Authorization: Bearer <key>`, and the key
-    names the tenant whose sessions the request sees. Without keys, everything is the default tenant."""
+    names the tenant whose sessions the request sees. Without keys, everything is the default tenant.
+    (A function `request_context` calls, not a middleware of its own: each middleware layer costs ~1.5 µs
+    per request.)"""
     keyring = request.app[KEYRING]
     if keyring is None or not request.path.startswith('/api/v1/'):
-        request[TENANT] = DEFAULT_TENANT
-        return await handler(request)
+        return DEFAULT_TENANT
     tenant = keyring.tenant_for(request.headers.get('Authorization', '').encode('utf-8', 'surrogateescape'))
     if tenant is None:
         raise ApiError(
             401, 'unauthorized', 'send the API key as "Authorization: Bearer <key>"', {'WWW-Authenticate': 'Bearer'}
         )
-    request[TENANT] = tenant
-    return await handler(request)
+    return tenant

@@ -25,6 +25,7 @@ READY_TIMEOUT_SECONDS = 2.0
 routes = web.RouteTableDef()
 Model = TypeVar('Model')
 _JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
+_DIGITS = re.compile(r'[0-9]{1,16}')
 _NEW_MESSAGE = TypeAdapter(NewMessage)
 _NEW_MESSAGES = TypeAdapter(list[NewMessage])
 _NEW_SESSION = TypeAdapter(NewSession)
@@ -51,7 +52,7 @@ def _int_query(request: web.Request, name: str, low: int, high: int, default: in
     raw = _query(request, name)
     if raw is None:
         return default
-    if not re.fullmatch(r'[0-9]{1,16}', raw) or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise ApiError(400, 'invalid_parameter', f'{name}: must be an integer from {low} to {high}')
     return int(raw)
 
