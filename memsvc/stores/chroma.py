@@ -34,9 +34,12 @@ processes nothing is atomic: two processes writing the same session at the same 
 allows several memsvc processes; they are safe as long as each session is written by one process at a time
 (e.g. a load balancer with session affinity); otherwise use Redis for the history.
 
-Every Chroma call, the client's construction and the embedding run on the store's own bounded thread pool
-(`MEMSVC_CHROMA_THREADS`), never on the event loop. Server errors, timeouts (`MEMSVC_CHROMA_TIMEOUT`) and
-connection failures become `BackendUnavailable`, and a server that lost its collections gets them created again.
+Nothing blocks the event loop. The embedding, the HTTP client of server mode and its construction run on the
+store's own bounded thread pool (`MEMSVC_CHROMA_THREADS`). Embedded Chroma runs in a child process of its own
+(`EmbeddedBackend`): its Rust bindings hold the GIL for the whole of a write, which would stall the loop from any
+thread. A write, once started, runs to its end even if its request is cancelled (`_serialized`). Server errors,
+timeouts (`MEMSVC_CHROMA_TIMEOUT`), connection failures and a dead child become `BackendUnavailable` (503); a
+server that lost its collections gets them created again, and a dead child is replaced at the next call.
 """
 
 import asyncio
@@ -73,9 +76,6 @@ T = TypeVar('T')
 
 IDS_PER_CALL = 1000
 """Most ids (or records) in one Chroma call: well below Chroma's batch limit and its 5,461-element bounds."""
-RECORDS_PER_WRITE = 16
-"""Most message records in one upsert. Embedded Chroma holds the GIL for the whole of a write (about 1 ms a record
-here), so a large batch is written in small steps between which the event loop runs."""
 SEARCH_MARGIN = 10
 """Extra hits fetched per search, to make up for hits dropped as outside a live session."""
 
@@ -286,6 +286,7 @@ class EmbeddedBackend(Backend):
         self._pool = self._open()
 
     def _open(self) -> ProcessPoolExecutor:
+        """The child for this store (blocking: it starts the process and waits until its client is open)."""
         if self._path is None:
             return _new_child(None)
         pool, users = _shared_children.get(self._path) or (_new_child(self._path), 0)
@@ -329,7 +330,14 @@ def _new_child(path: str | None) -> ProcessPoolExecutor:
     context = multiprocessing.get_context('forkserver' if 'forkserver' in methods else 'spawn')
     if 'forkserver' in methods:
         context.set_forkserver_preload(['chromadb', 'memsvc.stores.chroma'])  # each child forks ready
-    return ProcessPoolExecutor(1, mp_context=context, initializer=_child_open, initargs=(path,))
+    pool = ProcessPoolExecutor(1, mp_context=context, initializer=_child_open, initargs=(path,))
+    try:  # start it here, on the caller's thread, rather than at the first call from the event loop
+        pool.submit(_child_call, '', None, 'heartbeat', {}).result()
+    except (BrokenProcessPool, ChildError) as exc:
+        pool.shutdown(wait=False)
+        where = 'an ephemeral database' if path is None else f'CHROMA_PERSIST_DIRECTORY {path}'
+        raise BackendUnavailable(f'embedded Chroma could not open {where}: {exc}') from None
+    return pool
 
 
 def connect(settings: Settings, executor: ThreadPoolExecutor) -> Backend:
@@ -587,8 +595,8 @@ class ChromaStore:
                     'rest': rest,
                 }
             )
-        for start in range(0, len(ids), RECORDS_PER_WRITE):
-            end = start + RECORDS_PER_WRITE
+        for start in range(0, len(ids), IDS_PER_CALL):
+            end = start + IDS_PER_CALL
             await self._call(
                 'messages',
                 'upsert',
