@@ -41,6 +41,24 @@ class SessionExists(MemsvcError):
         super().__init__(f'session {session_id!r} already exists')
 
 
+class PreconditionFailed(MemsvcError):
+    """An `If-Match` that names another version than the session's current one."""
+
+    code = 'precondition_failed'
+
+    def __init__(self, session_id: str, current: int | None) -> None:
+        now = 'does not exist' if current is None else f'is at version "{current}"'
+        super().__init__(f'session {session_id!r} {now}; read it again and retry with its current ETag')
+        self.current = current
+
+
+class IdempotencyKeyReused(MemsvcError):
+    code = 'idempotency_key_reused'
+
+    def __init__(self) -> None:
+        super().__init__('this Idempotency-Key was used for a different request; use a new key for a new request')
+
+
 class InvalidInput(MemsvcError):
     """A well-formed request whose content breaks a rule; `field` names where (e.g. `metadata`)."""
 

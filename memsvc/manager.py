@@ -7,6 +7,7 @@ characters), assigns ids and timestamps, enforces the configured bounds, turns t
 
 import base64
 import binascii
+import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,10 @@ from memsvc.models import (
     utc_now,
 )
 from memsvc.settings import Settings
-from memsvc.stores.base import ListCursor, MessageRange, Store
+from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store
+
+_IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
+"""The namespace of session ids derived from an Idempotency-Key (uuid5)."""
 
 
 def encode_cursor(position: ListCursor) -> str:
@@ -54,22 +58,35 @@ class AsyncMemoryManager:
         self._max_keys = settings.max_metadata_keys
         self._max_meta_bytes = settings.max_metadata_bytes
         self.max_batch = settings.max_batch
+        self._idempotency_ttl = settings.idempotency_ttl_seconds
 
     async def ping(self) -> None:
         await self.store.ping()
 
-    async def create_session(self, tenant: str, body: NewSession) -> StoredSession:
+    async def create_session(
+        self, tenant: str, body: NewSession, *, idempotency_key: str | None = None
+    ) -> StoredSession:
+        """With an Idempotency-Key and no id, the id is derived from the key, so that a retry lands on
+        the same session (and, in Redis Cluster, in the same slot as the key's record)."""
         now = utc_now()
+        if body.id is not None:
+            session_id = require_session_id(body.id)
+        elif idempotency_key is not None:
+            session_id = str(uuid.uuid5(_IDEMPOTENT_IDS, f'{tenant}/{idempotency_key}'))
+        else:
+            session_id = str(uuid.uuid4())
         record = SessionRecord(
-            id=str(uuid.uuid4()) if body.id is None else require_session_id(body.id),
+            id=session_id,
             created_at=now,
             updated_at=now,
             metadata=self._check_metadata(body.metadata, 'metadata'),
             version=0,
         )
-        if not await self.store.create_session(tenant, record):
+        idempotency = self._idempotency(idempotency_key, 'create', session_id, body.model_dump())
+        created = await self.store.create_session(tenant, record, idempotency=idempotency)
+        if created is None:
             raise SessionExists(record.id)
-        return StoredSession(record, [])
+        return StoredSession(created, [])
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool = True) -> StoredSession:
         require_session_id(session_id)
@@ -89,14 +106,18 @@ class AsyncMemoryManager:
         last = sessions[-1].record
         return sessions, encode_cursor((to_micros(last.updated_at), last.id))
 
-    async def update_metadata(self, tenant: str, session_id: str, patch: dict[str, Any]) -> StoredSession:
+    async def update_metadata(
+        self, tenant: str, session_id: str, patch: dict[str, Any], *, expected_version: int | None = None
+    ) -> StoredSession:
         """Merge `patch` into the metadata atomically; return the session as it is after the change."""
 
         def apply(current: bytes) -> bytes:
             return self._check_metadata(merge_patch(orjson.loads(current), patch), 'metadata')
 
         require_session_id(session_id)
-        record = await self.store.update_metadata(tenant, session_id, apply, utc_now())
+        record = await self.store.update_metadata(
+            tenant, session_id, apply, utc_now(), expected_version=expected_version
+        )
         if record is None:
             raise SessionNotFound(session_id)
         messages = await self.store.get_messages(tenant, session_id, MessageRange())
@@ -104,14 +125,21 @@ class AsyncMemoryManager:
             raise SessionNotFound(session_id)
         return StoredSession(record, messages)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> None:
         require_session_id(session_id)
-        if not await self.store.delete_session(tenant, session_id):
+        if not await self.store.delete_session(tenant, session_id, expected_version=expected_version):
             raise SessionNotFound(session_id)
 
     async def add_messages(
-        self, tenant: str, session_id: str, messages: Sequence[NewMessage], *, batch: bool
-    ) -> list[bytes]:
+        self,
+        tenant: str,
+        session_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        batch: bool,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Appended:
         """Append in one atomic step, creating the session if it is missing (the seed's `add_message`).
         `batch` says the client sent an array, so errors name fields as `[i].content`."""
         require_session_id(session_id)
@@ -128,7 +156,11 @@ class AsyncMemoryManager:
             if message.metadata is not None:
                 self._check_metadata(message.metadata, f'{at}metadata')
             bodies.append(encode_message(message, now, f'[{index}]' if batch else 'body'))
-        return await self.store.append_messages(tenant, session_id, bodies, now)
+        asked = [message.model_dump(exclude_none=True) for message in messages]
+        idempotency = self._idempotency(idempotency_key, 'append', session_id, asked if batch else asked[0])
+        return await self.store.append_messages(
+            tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency
+        )
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes]:
         require_session_id(session_id)
@@ -137,10 +169,13 @@ class AsyncMemoryManager:
             raise SessionNotFound(session_id)
         return messages
 
-    async def clear_messages(self, tenant: str, session_id: str) -> None:
+    async def clear_messages(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> int:
+        """Remove the messages; return the session's new version."""
         require_session_id(session_id)
-        if not await self.store.clear_messages(tenant, session_id, utc_now()):
+        version = await self.store.clear_messages(tenant, session_id, utc_now(), expected_version=expected_version)
+        if version is None:
             raise SessionNotFound(session_id)
+        return version
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None = None, role: str | None = None
@@ -148,6 +183,18 @@ class AsyncMemoryManager:
         if session_id is not None:
             require_session_id(session_id)
         return await self.store.search(tenant, query, limit=limit, session_id=session_id, role=role)
+
+    def _idempotency(self, key: str | None, operation: str, session_id: str, asked: Any) -> Idempotency | None:
+        """The record of a client's Idempotency-Key: its digest, and a fingerprint of what was asked, taken
+        from the validated request so that a retry with another spacing or key order still matches."""
+        if key is None:
+            return None
+        request = orjson.dumps([operation, session_id, asked], option=orjson.OPT_SORT_KEYS)
+        return Idempotency(
+            key=hashlib.sha256(key.encode()).hexdigest(),
+            fingerprint=hashlib.sha256(request).hexdigest(),
+            ttl_seconds=self._idempotency_ttl,
+        )
 
     def _check_metadata(self, metadata: dict[str, Any], field: str) -> bytes:
         if len(metadata) > self._max_keys:

@@ -13,11 +13,13 @@ from memsvc.appkeys import KEYRING, METRICS, REQUEST_ID, TENANT
 from memsvc.auth import DEFAULT_TENANT
 from memsvc.errors import (
     BackendUnavailable,
+    IdempotencyKeyReused,
     InvalidCursor,
     InvalidInput,
     InvalidSessionId,
     MemsvcError,
     NotSupported,
+    PreconditionFailed,
     SessionExists,
     SessionNotFound,
 )
@@ -30,7 +32,9 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     InvalidCursor: 400,
     SessionNotFound: 404,
     SessionExists: 409,
+    PreconditionFailed: 412,
     InvalidInput: 422,
+    IdempotencyKeyReused: 422,
     NotSupported: 501,
     BackendUnavailable: 503,
 }

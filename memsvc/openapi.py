@@ -29,9 +29,10 @@ _ERRORS = {
     401: 'missing or wrong API key',
     404: 'the session does not exist',
     409: 'a session with this id exists',
+    412: 'If-Match names another version than the current one (or the session does not exist)',
     413: 'the body is larger than MEMSVC_MAX_BODY_BYTES',
     415: 'the body is not sent as application/json',
-    422: 'the body fails validation; the message names the field',
+    422: 'the body fails validation (the message names the field), or an Idempotency-Key is reused for another request',
     500: 'an unexpected error; the message carries the request id',
     501: 'this backend does not support the operation',
     503: 'the backend is unavailable; retry after Retry-After seconds',
@@ -58,6 +59,20 @@ def _int(low: int, high: int, default: int | None = None) -> Schema:
     return schema
 
 
+_ETAG = {'ETag': {'schema': {'type': 'string'}, 'description': 'the session version after this request, e.g. "3"'}}
+_IF_MATCH = _param(
+    'If-Match',
+    'header',
+    {'type': 'string', 'pattern': r'^(\*|"[0-9]{1,18}")$'},
+    'only if the session is at this version (an ETag, e.g. "3"), or exists (*); 412 otherwise',
+)
+_IDEMPOTENCY_KEY = _param(
+    'Idempotency-Key',
+    'header',
+    {'type': 'string', 'pattern': r'^[\x21-\x7e]{1,255}$'},
+    'a retry with the same key and body returns the first answer and writes nothing again '
+    '(remembered MEMSVC_IDEMPOTENCY_TTL_SECONDS, per session)',
+)
 _SESSION_ID = _param(
     'session_id', 'path', {'type': 'string', 'pattern': SESSION_ID_PATTERN}, 'the session id', required=True
 )
@@ -229,9 +244,10 @@ def build_openapi(settings: Settings) -> Schema:
                 'post': {
                     'operationId': 'createSession',
                     'summary': 'Create a session; an empty body creates one with empty metadata',
+                    'parameters': [_IDEMPOTENCY_KEY],
                     'requestBody': _body(_ref('NewSession'), required=False),
                     'responses': {
-                        '201': _json(_ref('Session'), 'the new session', location),
+                        '201': _json(_ref('Session'), 'the new session', {**location, **_ETAG}),
                         **_errors(400, 401, 409, 413, 415, 422),
                     },
                 },
@@ -241,21 +257,23 @@ def build_openapi(settings: Settings) -> Schema:
                 'get': {
                     'operationId': 'getSession',
                     'summary': 'A session with all its messages',
-                    'responses': {'200': _json(_ref('Session'), 'the session'), **_errors(400, 401, 404)},
+                    'responses': {'200': _json(_ref('Session'), 'the session', _ETAG), **_errors(400, 401, 404)},
                 },
                 'patch': {
                     'operationId': 'updateSession',
                     'summary': 'Merge metadata (JSON merge patch: null deletes a key)',
+                    'parameters': [_IF_MATCH],
                     'requestBody': _body(_ref('SessionPatch')),
                     'responses': {
-                        '200': _json(_ref('Session'), 'the session after the change'),
-                        **_errors(400, 401, 404, 413, 415, 422),
+                        '200': _json(_ref('Session'), 'the session after the change', _ETAG),
+                        **_errors(400, 401, 404, 412, 413, 415, 422),
                     },
                 },
                 'delete': {
                     'operationId': 'deleteSession',
                     'summary': 'Delete a session and its messages',
-                    'responses': {'200': _json(_ref('Success'), 'deleted'), **_errors(400, 401, 404)},
+                    'parameters': [_IF_MATCH],
+                    'responses': {'200': _json(_ref('Success'), 'deleted'), **_errors(400, 401, 404, 412)},
                 },
             },
             f'{API}/sessions/{{session_id}}/messages': {
@@ -275,16 +293,20 @@ def build_openapi(settings: Settings) -> Schema:
                 'post': {
                     'operationId': 'addMessages',
                     'summary': 'Append a message, or an array of messages atomically; creates the session if missing',
+                    'parameters': [_IF_MATCH, _IDEMPOTENCY_KEY],
                     'requestBody': _body({'oneOf': [_ref('NewMessage'), batch]}),
                     'responses': {
-                        '201': _json({'oneOf': [_ref('Message'), messages]}, 'what was stored, in the shape sent'),
-                        **_errors(400, 401, 413, 415, 422),
+                        '201': _json(
+                            {'oneOf': [_ref('Message'), messages]}, 'what was stored, in the shape sent', _ETAG
+                        ),
+                        **_errors(400, 401, 412, 413, 415, 422),
                     },
                 },
                 'delete': {
                     'operationId': 'clearMessages',
                     'summary': 'Remove all messages; the session and its metadata stay',
-                    'responses': {'200': _json(_ref('Success'), 'cleared'), **_errors(400, 401, 404)},
+                    'parameters': [_IF_MATCH],
+                    'responses': {'200': _json(_ref('Success'), 'cleared', _ETAG), **_errors(400, 401, 404, 412)},
                 },
             },
             f'{API}/sessions/{{session_id}}/search': _search(session_scoped=True),

@@ -14,7 +14,7 @@ from memsvc.errors import BackendUnavailable
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.middlewares import ApiError
 from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, require_session_id
-from memsvc.stores.base import MessageRange
+from memsvc.stores.base import ANY_VERSION, MessageRange
 
 API = '/api/v1/chat'
 SESSION = API + '/sessions/{session_id:[^/]+}'  # any segment reaches the handler, which answers 400 for a bad id
@@ -26,6 +26,8 @@ routes = web.RouteTableDef()
 Model = TypeVar('Model')
 _JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
 _DIGITS = re.compile(r'[0-9]{1,16}')
+_IF_MATCH = re.compile(r'\*|"([0-9]{1,18})"')
+_IDEMPOTENCY_KEY = re.compile(r'[\x21-\x7e]{1,255}')
 _NEW_MESSAGE = TypeAdapter(NewMessage)
 _NEW_MESSAGES = TypeAdapter(list[NewMessage])
 _NEW_SESSION = TypeAdapter(NewSession)
@@ -98,6 +100,28 @@ def _field(loc: tuple[int | str, ...]) -> str:
 # --- response writing ------------------------------------------------------------------------
 
 
+def _if_match(request: web.Request) -> int | None:
+    """The version an `If-Match` header asks for: `"<version>"` as sent in ETags, or `*` (any)."""
+    raw = request.headers.get('If-Match')
+    if raw is None:
+        return None
+    match = _IF_MATCH.fullmatch(raw.strip())
+    if match is None:
+        raise ApiError(400, 'invalid_header', 'If-Match: give one ETag as the server sent it, e.g. "3", or *')
+    return ANY_VERSION if match.group(1) is None else int(match.group(1))
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get('Idempotency-Key')
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(400, 'invalid_header', 'Idempotency-Key: 1 to 255 visible ASCII characters, e.g. a uuid4')
+    return key
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {'ETag': f'"{version}"'}
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     body = orjson.dumps(payload, option=orjson.OPT_UTC_Z)
     return web.Response(body=body, status=status, content_type='application/json', headers=headers)
@@ -140,15 +164,16 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     raw = await _body(request, optional=True)
     body = NewSession() if raw is None else _validate(_NEW_SESSION, raw)
-    created = await request.app[MANAGER].create_session(request[TENANT], body)
-    location = f'{API}/sessions/{created.record.id}'
-    return _json(_session(created), status=201, headers={'Location': location})
+    key = _idempotency_key(request)
+    created = await request.app[MANAGER].create_session(request[TENANT], body, idempotency_key=key)
+    headers = {'Location': f'{API}/sessions/{created.record.id}', **_etag(created.record.version)}
+    return _json(_session(created), status=201, headers=headers)
 
 
 @routes.get(f'{SESSION}')
 async def get_session(request: web.Request) -> web.Response:
     found = await request.app[MANAGER].get_session(request[TENANT], _session_id(request))
-    return _json(_session(found))
+    return _json(_session(found), headers=_etag(found.record.version))
 
 
 @routes.patch(f'{SESSION}')
@@ -157,13 +182,17 @@ async def update_session(request: web.Request) -> web.Response:
     raw = await _body(request)
     assert raw is not None
     patch = _validate(_SESSION_PATCH, raw)
-    updated = await request.app[MANAGER].update_metadata(request[TENANT], session_id, patch.metadata)
-    return _json(_session(updated))
+    expected = _if_match(request)
+    updated = await request.app[MANAGER].update_metadata(
+        request[TENANT], session_id, patch.metadata, expected_version=expected
+    )
+    return _json(_session(updated), headers=_etag(updated.record.version))
 
 
 @routes.delete(f'{SESSION}')
 async def delete_session(request: web.Request) -> web.Response:
-    await request.app[MANAGER].delete_session(request[TENANT], _session_id(request))
+    session_id = _session_id(request)
+    await request.app[MANAGER].delete_session(request[TENANT], session_id, expected_version=_if_match(request))
     return web.Response(body=_SUCCESS, content_type='application/json')
 
 
@@ -189,15 +218,25 @@ async def add_messages(request: web.Request) -> web.Response:
     assert raw is not None
     batch = raw.lstrip()[:1] == b'['
     messages = _validate(_NEW_MESSAGES, raw) if batch else [_validate(_NEW_MESSAGE, raw)]
-    stored = await request.app[MANAGER].add_messages(request[TENANT], session_id, messages, batch=batch)
-    body = _array(stored) if batch else stored[0]
-    return web.Response(body=body, status=201, content_type='application/json')
+    appended = await request.app[MANAGER].add_messages(
+        request[TENANT],
+        session_id,
+        messages,
+        batch=batch,
+        expected_version=_if_match(request),
+        idempotency_key=_idempotency_key(request),
+    )
+    body = _array(appended.messages) if batch else appended.messages[0]
+    return web.Response(body=body, status=201, content_type='application/json', headers=_etag(appended.version))
 
 
 @routes.delete(f'{SESSION}/messages')
 async def clear_messages(request: web.Request) -> web.Response:
-    await request.app[MANAGER].clear_messages(request[TENANT], _session_id(request))
-    return web.Response(body=_SUCCESS, content_type='application/json')
+    session_id = _session_id(request)
+    version = await request.app[MANAGER].clear_messages(
+        request[TENANT], session_id, expected_version=_if_match(request)
+    )
+    return web.Response(body=_SUCCESS, content_type='application/json', headers=_etag(version))
 
 
 # --- search ----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_metadata_keys: int = Field(64, ge=1, le=1024)
     max_metadata_bytes: int = Field(16 * 1024, ge=2, le=1024 * 1024)
     max_batch: int = Field(100, ge=1, le=10_000)
+    idempotency_ttl_seconds: int = Field(86_400, ge=1, description='how long an Idempotency-Key is remembered')
 
     log_level: LogLevel = 'INFO'
     log_format: Literal['text', 'json'] = 'text'

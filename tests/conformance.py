@@ -17,7 +17,7 @@ from multidict import CIMultiDictProxy
 from memsvc.openapi import build_openapi
 from memsvc.settings import Settings
 
-ALWAYS_PRESENT_HEADERS = {'Location', 'Retry-After'}
+ALWAYS_PRESENT_HEADERS = {'Location', 'Retry-After', 'ETag'}
 
 
 @dataclass

@@ -77,7 +77,7 @@ async def test_ephemeral_mode_gives_each_store_a_database_of_its_own() -> None:
 async def test_stores_of_one_process_share_a_persistent_directory(tmp_path: Path) -> None:
     settings = Settings(memory_type='chroma', chroma_persist_directory=tmp_path / 'shared', key_prefix='shared')
     async with open_store(settings) as first, open_store(settings) as second:
-        stored = await first.append_messages(T, 's', [body('seen by both')], utc_now())
+        stored = (await first.append_messages(T, 's', [body('seen by both')], utc_now())).messages
         assert await second.get_messages(T, 's', MessageRange()) == stored
         [hit] = await second.search(T, 'visible to both', limit=1, session_id=None, role=None)
         assert hit.message == stored[0]
@@ -86,7 +86,7 @@ async def test_stores_of_one_process_share_a_persistent_directory(tmp_path: Path
 async def test_persistent_mode_keeps_everything_across_a_restart(tmp_path: Path) -> None:
     settings = Settings(memory_type='chroma', chroma_persist_directory=tmp_path / 'data', key_prefix='restart')
     async with open_store(settings) as store:
-        stored = await store.append_messages(T, 's', [body('first'), body('second')], utc_now())
+        stored = (await store.append_messages(T, 's', [body('first'), body('second')], utc_now())).messages
     async with open_store(settings) as store:
         assert await store.get_messages(T, 's', MessageRange()) == stored
         [hit] = await store.search(T, 'second', limit=1, session_id='s', role=None)
@@ -120,7 +120,7 @@ async def test_metadata_that_would_break_chroma_is_one_string_field(kind: str, r
     async with open_store(settings) as store:
         now = utc_now()
         assert await store.create_session(T, SessionRecord('wide', now, now, huge_keys, 0))
-        [stored] = await store.append_messages(T, 'wide', [huge_list], utc_now())
+        [stored] = (await store.append_messages(T, 'wide', [huge_list], utc_now())).messages
         await store.append_messages(T, 'wide', [body('and the collection still works')], utc_now())
         found = await store.get_session(T, 'wide', with_messages=True)
         assert found is not None

@@ -64,7 +64,7 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
     await store.create_session(
         T, SessionRecord(id='s1', created_at=created, updated_at=created, metadata=b'{"k":"v"}', version=0)
     )
-    stored = await store.append_messages(T, 's1', [body('a'), body('b')], created + timedelta(seconds=1))
+    stored = (await store.append_messages(T, 's1', [body('a'), body('b')], created + timedelta(seconds=1))).messages
 
     def key(template: str) -> str:
         return template.replace('{p}', settings.key_prefix).replace('<tenant>', T).replace('<id>', 's1')
@@ -185,7 +185,7 @@ async def test_idle_session_expires_and_leaves_the_listing(redis_kind: str, requ
             assert [s.record.id for s in page] == ['kept']
             assert not more
             assert await raw.zscore(keys.sessions(), 'gone') is None, 'the listing removed the dead entry'
-            assert ids(await expiring.append_messages(T, 'gone', [body('new')], utc_now())) == [1]
+            assert ids((await expiring.append_messages(T, 'gone', [body('new')], utc_now())).messages) == [1]
     finally:
         await raw.aclose()
 
@@ -220,18 +220,18 @@ async def test_listing_skips_entries_whose_session_is_gone_and_still_fills_the_p
 async def test_max_messages_keeps_the_newest_and_ids_stay_stable(kind: str, request: pytest.FixtureRequest) -> None:
     async with open_store(make_settings(kind, request, max_messages_per_session=5)) as store:
         for batch in ([1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11, 12]):
-            stored = await store.append_messages(T, 's', [body(f'm{n}') for n in batch], utc_now())
+            stored = (await store.append_messages(T, 's', [body(f'm{n}') for n in batch], utc_now())).messages
             assert ids(stored) == batch, 'the append returns every message it took, even those trimmed at once'
         assert ids(await store.get_messages(T, 's', MessageRange())) == [8, 9, 10, 11, 12]
         assert ids(await store.get_messages(T, 's', MessageRange(limit=2))) == [11, 12]
         assert ids(await store.get_messages(T, 's', MessageRange(after=2, limit=2))) == [8, 9]
         assert ids(await store.get_messages(T, 's', MessageRange(before=10))) == [8, 9]
         assert await store.get_messages(T, 's', MessageRange(before=8)) == []
-        big = await store.append_messages(T, 's', [body(f'b{n}') for n in range(7)], utc_now())
+        big = (await store.append_messages(T, 's', [body(f'b{n}') for n in range(7)], utc_now())).messages
         assert ids(big) == list(range(13, 20))
         assert ids(await store.get_messages(T, 's', MessageRange())) == [15, 16, 17, 18, 19]
         assert await store.clear_messages(T, 's', utc_now())
-        assert ids(await store.append_messages(T, 's', [body('after clear')], utc_now())) == [20]
+        assert ids((await store.append_messages(T, 's', [body('after clear')], utc_now())).messages) == [20]
         found = await store.get_session(T, 's', with_messages=True)
         assert found is not None
         assert ids(found.messages) == [20]

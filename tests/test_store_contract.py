@@ -6,9 +6,10 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from memsvc.errors import InvalidInput
+from memsvc.errors import IdempotencyKeyReused, InvalidInput, PreconditionFailed
 from memsvc.models import NewMessage, SessionRecord, encode_message, to_micros, utc_now
 from memsvc.stores import MessageRange, Store
+from memsvc.stores.base import ANY_VERSION, Idempotency
 
 T = 'default'
 
@@ -33,7 +34,7 @@ def ids(messages: list[bytes] | None) -> list[int]:
 
 
 async def append(store: Store, session_id: str, *texts: str) -> list[bytes]:
-    return await store.append_messages(T, session_id, [body(t) for t in texts], utc_now())
+    return (await store.append_messages(T, session_id, [body(t) for t in texts], utc_now())).messages
 
 
 async def test_create_then_get(store: Store) -> None:
@@ -57,7 +58,7 @@ async def test_create_existing_id_changes_nothing(store: Store) -> None:
 
 async def test_concurrent_creates_of_one_id_admit_exactly_one(store: Store) -> None:
     results = await asyncio.gather(*(store.create_session(T, record('race')) for _ in range(20)))
-    assert results.count(True) == 1
+    assert sum(result is not None for result in results) == 1
 
 
 async def test_unknown_session_is_absent_everywhere(store: Store) -> None:
@@ -234,7 +235,7 @@ async def test_stored_bytes_round_trip_exactly(store: Store) -> None:
             'metadata': {'nested': {'list': [1, 2.5, None, True]}},
         }
     )
-    [stored] = await store.append_messages(T, 's', [encode_message(message, utc_now())], utc_now())
+    [stored] = (await store.append_messages(T, 's', [encode_message(message, utc_now())], utc_now())).messages
     [read] = await store.get_messages(T, 's', MessageRange()) or []
     assert read == stored
     decoded = orjson.loads(read)
@@ -245,3 +246,115 @@ async def test_stored_bytes_round_trip_exactly(store: Store) -> None:
 
 async def test_ping_answers(store: Store) -> None:
     await store.ping()
+
+
+# --- versions and idempotency ------------------------------------------------------------------
+
+
+def idem(key: str, fingerprint: str = 'f1') -> Idempotency:
+    return Idempotency(key=key, fingerprint=fingerprint, ttl_seconds=3600)
+
+
+async def version_of(store: Store, session_id: str) -> int:
+    found = await store.get_session(T, session_id, with_messages=False)
+    assert found is not None
+    return found.record.version
+
+
+async def test_every_write_bumps_the_version_and_reports_it(store: Store) -> None:
+    created = await store.create_session(T, record('v'))
+    assert created is not None
+    assert created.version == 0
+    appended = await store.append_messages(T, 'v', [body('a')], utc_now())
+    assert appended.version == 1 == await version_of(store, 'v')
+    updated = await store.update_metadata(T, 'v', lambda m: b'{"k":1}', utc_now())
+    assert updated is not None
+    assert updated.version == 2 == await version_of(store, 'v')
+    assert await store.clear_messages(T, 'v', utc_now()) == 3 == await version_of(store, 'v')
+
+
+async def test_writes_with_a_stale_version_change_nothing(store: Store) -> None:
+    await store.create_session(T, record('v', b'{"a":1}'))
+    await append(store, 'v', 'first')  # version 1
+    with pytest.raises(PreconditionFailed) as caught:
+        await store.append_messages(T, 'v', [body('late')], utc_now(), expected_version=0)
+    assert caught.value.current == 1
+    with pytest.raises(PreconditionFailed):
+        await store.update_metadata(T, 'v', lambda m: b'{"a":2}', utc_now(), expected_version=0)
+    with pytest.raises(PreconditionFailed):
+        await store.clear_messages(T, 'v', utc_now(), expected_version=0)
+    with pytest.raises(PreconditionFailed):
+        await store.delete_session(T, 'v', expected_version=0)
+    found = await store.get_session(T, 'v', with_messages=True)
+    assert found is not None
+    assert contents(found.messages) == ['first']
+    assert orjson.loads(found.record.metadata) == {'a': 1}
+    assert found.record.version == 1
+
+
+async def test_writes_with_the_current_version_or_any_go_through(store: Store) -> None:
+    await append(store, 'v', 'first')
+    appended = await store.append_messages(T, 'v', [body('second')], utc_now(), expected_version=1)
+    assert appended.version == 2
+    updated = await store.update_metadata(T, 'v', lambda m: b'{"a":2}', utc_now(), expected_version=ANY_VERSION)
+    assert updated is not None
+    assert updated.version == 3
+    assert await store.clear_messages(T, 'v', utc_now(), expected_version=3) == 4
+    assert await store.delete_session(T, 'v', expected_version=4)
+
+
+async def test_an_append_with_a_version_never_creates_the_session(store: Store) -> None:
+    for expected in (0, ANY_VERSION):
+        with pytest.raises(PreconditionFailed) as caught:
+            await store.append_messages(T, 'new', [body('x')], utc_now(), expected_version=expected)
+        assert caught.value.current is None
+    assert await store.get_session(T, 'new', with_messages=False) is None
+
+
+async def test_unknown_session_is_absent_before_its_version_is_checked(store: Store) -> None:
+    assert await store.update_metadata(T, 'nope', lambda m: m, utc_now(), expected_version=3) is None
+    assert not await store.delete_session(T, 'nope', expected_version=3)
+    assert await store.clear_messages(T, 'nope', utc_now(), expected_version=3) is None
+
+
+async def test_an_idempotent_append_retried_returns_the_first_answer_and_writes_once(store: Store) -> None:
+    first = await store.append_messages(T, 'i', [body('q'), body('a')], utc_now(), idempotency=idem('k1'))
+    await append(store, 'i', 'someone else')
+    again = await store.append_messages(T, 'i', [body('q'), body('a')], utc_now(), idempotency=idem('k1'))
+    assert again == first
+    assert contents(await store.get_messages(T, 'i', MessageRange())) == ['q', 'a', 'someone else']
+
+
+async def test_concurrent_retries_of_one_idempotent_append_write_once(store: Store) -> None:
+    answers = await asyncio.gather(
+        *(store.append_messages(T, 'i', [body('once')], utc_now(), idempotency=idem('k')) for _ in range(10))
+    )
+    assert all(answer == answers[0] for answer in answers)
+    assert contents(await store.get_messages(T, 'i', MessageRange())) == ['once']
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_refused(store: Store) -> None:
+    await store.append_messages(T, 'i', [body('q')], utc_now(), idempotency=idem('k', 'f1'))
+    with pytest.raises(IdempotencyKeyReused):
+        await store.append_messages(T, 'i', [body('other')], utc_now(), idempotency=idem('k', 'f2'))
+    assert contents(await store.get_messages(T, 'i', MessageRange())) == ['q']
+
+
+async def test_idempotency_keys_are_per_session_and_tenant(store: Store) -> None:
+    await store.append_messages(T, 'a', [body('1')], utc_now(), idempotency=idem('k'))
+    await store.append_messages(T, 'b', [body('2')], utc_now(), idempotency=idem('k'))
+    await store.append_messages('other', 'a', [body('3')], utc_now(), idempotency=idem('k'))
+    assert contents(await store.get_messages(T, 'b', MessageRange())) == ['2']
+    assert contents(await store.get_messages('other', 'a', MessageRange())) == ['3']
+
+
+async def test_an_idempotent_create_retried_returns_the_first_session(store: Store) -> None:
+    first = await store.create_session(T, record('c', b'{"v":1}'), idempotency=idem('k'))
+    assert first is not None
+    await store.update_metadata(T, 'c', lambda m: b'{"v":2}', utc_now())
+    again = await store.create_session(T, record('c', b'{"v":1}'), idempotency=idem('k'))
+    assert again is not None
+    assert (again.id, again.created_at, again.metadata, again.version) == (first.id, first.created_at, b'{"v":1}', 0)
+    assert await store.create_session(T, record('c', b'{"v":1}')) is None, 'without the key: the id is taken'
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create_session(T, record('c', b'{"v":3}'), idempotency=idem('k', 'f2'))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
 
 ListCursor = tuple[int, str]
@@ -29,12 +30,49 @@ class MessageRange:
     after: int | None = None
 
 
+ANY_VERSION = -1
+"""`expected_version` for `If-Match: *`: any version, as long as the session exists."""
+
+
+def check_version(session_id: str, current: int | None, expected: int | None) -> None:
+    """Raise `PreconditionFailed` unless a session at version `current` (None: absent) is `expected`."""
+    if expected is None:
+        return
+    if current is None or (expected != ANY_VERSION and current != expected):
+        raise PreconditionFailed(session_id, current)
+
+
+@dataclass(slots=True, frozen=True)
+class Idempotency:
+    """A client's Idempotency-Key, recorded with its write in the same atomic step.
+
+    `key` and `fingerprint` are hex digests (of the client's key, and of the request it came with). A
+    store that finds `key` recorded for the session does not write again: it returns the recorded
+    result if the fingerprints match, and raises `IdempotencyKeyReused` if they do not.
+    """
+
+    key: str
+    fingerprint: str
+    ttl_seconds: int
+
+
+@dataclass(slots=True, frozen=True)
+class Appended:
+    messages: list[bytes]
+    version: int
+
+
 class Store(Protocol):
+    """Writes that take `expected_version` raise `PreconditionFailed` when the session's version is another
+    one (or, for an append, when the session does not exist), and change nothing."""
+
     async def ping(self) -> None:
         """Return when the backend answers; raise `BackendUnavailable` otherwise."""
 
-    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
-        """Create `record` unless its id exists (then return False and change nothing)."""
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
+        """Create `record` and return it, unless its id exists (then return None and change nothing)."""
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None: ...
 
@@ -45,20 +83,38 @@ class Store(Protocol):
         whether more follow."""
 
     async def update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
     ) -> SessionRecord | None:
         """Replace the metadata with `apply(current)` atomically; `apply` may raise to abort."""
 
-    async def delete_session(self, tenant: str, session_id: str) -> bool: ...
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool: ...
 
-    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
         """Append messages encoded by `models.encode_message` in one atomic step, creating the session if
-        it is missing, and return them as stored: with their ids (`models.with_id`)."""
+        it is missing, and return them as stored (with their ids, `models.with_id`) and the new version."""
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None: ...
 
-    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
-        """Remove every message; the session and its metadata stay. Ids are never reused."""
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        """Remove every message and return the new version; the session and its metadata stay. Ids are
+        never reused."""
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

@@ -34,6 +34,12 @@ processes nothing is atomic: two processes writing the same session at the same 
 allows several memsvc processes; they are safe as long as each session is written by one process at a time
 (e.g. a load balancer with session affinity); otherwise use Redis for the history.
 
+Versions and Idempotency-Keys are checked under the same lock. An idempotency record is a record of the sessions
+collection too (id `idempotency:<tenant>/<session id>/<key digest>`, without a `tenant` key, so listings never see
+it), written after the messages and before the session record. A retry replays it only if the first attempt
+committed: the session's range reaches past the recorded messages and the first of them carries the attempt's
+nonce (a later writer that took those ids after a failed attempt left its own). Otherwise the retry writes again.
+
 Nothing blocks the event loop. The embedding, the HTTP client of server mode and its construction run on the
 store's own bounded thread pool (`MEMSVC_CHROMA_THREADS`). Embedded Chroma runs in a child process of its own
 (`EmbeddedBackend`): its Rust bindings hold the GIL for the whole of a write, which would stall the loop from any
@@ -47,12 +53,13 @@ import functools
 import hashlib
 import multiprocessing
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 import chromadb
 import httpx
@@ -65,11 +72,13 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 
-from memsvc.embeddings import Embedder, EmbeddingModelError, Vectors
-from memsvc.errors import BackendUnavailable, NotSupported, SessionNotFound
-from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
+from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, NotSupported, SessionNotFound
+from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, utc_now, with_id
 from memsvc.settings import Settings
-from memsvc.stores.base import ListCursor, MessageRange
+from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, check_version
+
+if TYPE_CHECKING:  # imported where used: the child process of embedded Chroma needs no embedding model
+    from memsvc.embeddings import Embedder, Vectors
 
 P = ParamSpec('P')
 T = TypeVar('T')
@@ -367,7 +376,9 @@ def connect(settings: Settings, executor: ThreadPoolExecutor) -> Backend:
 class ChromaStore:
     """The `Store` contract on Chroma. The backend, the embedder and the executor are the caller's (`open_store`)."""
 
-    def __init__(self, backend: Backend, embedder: Embedder, executor: ThreadPoolExecutor, settings: Settings) -> None:
+    def __init__(
+        self, backend: Backend, embedder: 'Embedder', executor: ThreadPoolExecutor, settings: Settings
+    ) -> None:
         self._backend = backend
         self._embedder = embedder
         self._executor = executor
@@ -492,20 +503,69 @@ class ChromaStore:
             session.record, await self._messages_of(tenant, session, session.first_id, session.next_id)
         )
 
+    async def _recorded(self, tenant: str, session_id: str, idempotency: Idempotency | None) -> dict[str, Any] | None:
+        """The unexpired record of this Idempotency-Key; `IdempotencyKeyReused` if it was for another request."""
+        if idempotency is None:
+            return None
+        record_id = f'idempotency:{tenant}/{session_id}/{idempotency.key}'
+        found = await self._call('sessions', 'get', ids=[record_id], include=['metadatas'])
+        metadatas = found['metadatas'] or []
+        if not metadatas or _int(metadatas[0]['expires']) < to_micros(utc_now()):
+            return None
+        if metadatas[0]['fingerprint'] != idempotency.fingerprint:
+            raise IdempotencyKeyReused()
+        return dict(metadatas[0])
+
+    async def _record(self, tenant: str, session_id: str, idempotency: Idempotency | None, **result: Any) -> None:
+        if idempotency is None:
+            return
+        record_id = f'idempotency:{tenant}/{session_id}/{idempotency.key}'
+        meta = {
+            'idem_tenant': tenant,
+            'idem_session': session_id,
+            'fingerprint': idempotency.fingerprint,
+            'expires': to_micros(utc_now()) + idempotency.ttl_seconds * 1_000_000,
+            **result,
+        }
+        await self._call('sessions', 'upsert', ids=[record_id], embeddings=_placeholder(record_id), metadatas=[meta])
+
+    async def _committed(self, tenant: str, session: _Session, first: int, count: int, attempt: str) -> bool:
+        """Whether the attempt that recorded messages first .. first + count - 1 reached its commit."""
+        if session.next_id < first + count:
+            return False
+        probe = self._message_id(tenant, session.record.id, first)
+        found = await self._call('messages', 'get', ids=[probe], include=['metadatas'])
+        metadatas = found['metadatas'] or []
+        return bool(metadatas) and metadatas[0].get('attempt') == attempt
+
     # --- the Store contract ------------------------------------------------------------------
 
     async def ping(self) -> None:
         await self._call(None, 'heartbeat')
 
-    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
-        return await self._serialized(tenant, record.id, functools.partial(self._create_session, tenant, record))
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
+        work = functools.partial(self._create_session, tenant, record, idempotency)
+        return await self._serialized(tenant, record.id, work)
 
-    async def _create_session(self, tenant: str, record: SessionRecord) -> bool:
-        if await self._read(tenant, record.id) is not None:
-            return False
+    async def _create_session(
+        self, tenant: str, record: SessionRecord, idempotency: Idempotency | None
+    ) -> SessionRecord | None:
+        existing = await self._read(tenant, record.id)
+        recorded = await self._recorded(tenant, record.id, idempotency)
+        committed = existing is not None and to_micros(existing.record.created_at) == (recorded or {}).get('created_at')
+        if recorded is not None and committed:  # the create this key recorded happened: answer as it did
+            created_at = from_micros(_int(recorded['created_at']))
+            return SessionRecord(record.id, created_at, created_at, str(recorded['metadata']).encode(), 0)
+        if existing is not None:
+            return None
         await self._delete_messages(tenant, record.id)  # whatever an interrupted delete left behind
+        await self._record(
+            tenant, record.id, idempotency, created_at=to_micros(record.created_at), metadata=record.metadata.decode()
+        )
         await self._write(tenant, _Session(record, 1, 1))
-        return True
+        return record
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
         session = await self._read(tenant, session_id)
@@ -529,18 +589,29 @@ class ChromaStore:
         return page, len(sessions) > limit
 
     async def update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
     ) -> SessionRecord | None:
-        return await self._serialized(
-            tenant, session_id, functools.partial(self._update_metadata, tenant, session_id, apply, now)
-        )
+        work = functools.partial(self._update_metadata, tenant, session_id, apply, now, expected_version)
+        return await self._serialized(tenant, session_id, work)
 
     async def _update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        expected_version: int | None,
     ) -> SessionRecord | None:
         session = await self._read(tenant, session_id)
         if session is None:
             return None
+        check_version(session_id, session.record.version, expected_version)
         old = session.record
         record = SessionRecord(
             id=old.id,
@@ -552,27 +623,56 @@ class ChromaStore:
         await self._write(tenant, _Session(record, session.first_id, session.next_id))
         return record
 
-    async def delete_session(self, tenant: str, session_id: str) -> bool:
-        return await self._serialized(tenant, session_id, functools.partial(self._delete_session, tenant, session_id))
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
+        work = functools.partial(self._delete_session, tenant, session_id, expected_version)
+        return await self._serialized(tenant, session_id, work)
 
-    async def _delete_session(self, tenant: str, session_id: str) -> bool:
+    async def _delete_session(self, tenant: str, session_id: str, expected_version: int | None) -> bool:
         session = await self._read(tenant, session_id)
         if session is not None:
+            check_version(session_id, session.record.version, expected_version)
             await self._call('sessions', 'delete', ids=[self._session_id(tenant, session_id)])
         await self._delete_messages(tenant, session_id)  # also completes an earlier, interrupted delete
+        await self._call('sessions', 'delete', where=_where({'idem_tenant': tenant}, {'idem_session': session_id}))
         return session is not None
 
-    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
         """Embeds first (the slow part, outside the session's lock), then writes the messages and the session."""
         contents = [orjson.loads(body)['content'] for body in bodies]
         vectors = await self._run(self._embedder.embed, contents)
-        work = functools.partial(self._append_messages, tenant, session_id, bodies, vectors, now)
+        work = functools.partial(
+            self._append_messages, tenant, session_id, bodies, vectors, now, expected_version, idempotency
+        )
         return await self._serialized(tenant, session_id, work)
 
     async def _append_messages(
-        self, tenant: str, session_id: str, bodies: list[bytes], vectors: Vectors, now: datetime
-    ) -> list[bytes]:
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        vectors: 'Vectors',
+        now: datetime,
+        expected_version: int | None,
+        idempotency: Idempotency | None,
+    ) -> Appended:
         session = await self._read(tenant, session_id)
+        recorded = await self._recorded(tenant, session_id, idempotency)
+        if recorded is not None and session is not None:
+            first, count = _int(recorded['first_id']), _int(recorded['count'])
+            if await self._committed(tenant, session, first, count, str(recorded['attempt'])):
+                replayed = await self._messages_of(tenant, session, first, first + count)
+                return Appended(replayed, _int(recorded['version']))
+        check_version(session_id, None if session is None else session.record.version, expected_version)
+        attempt = uuid.uuid4().hex
         if session is None:
             await self._delete_messages(tenant, session_id)  # whatever an interrupted delete left behind
             record = SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
@@ -593,6 +693,7 @@ class ChromaStore:
                     'seq': seq,
                     'timestamp': timestamp,
                     'rest': rest,
+                    'attempt': attempt,
                 }
             )
         for start in range(0, len(ids), IDS_PER_CALL):
@@ -617,10 +718,19 @@ class ChromaStore:
             metadata=old.metadata,
             version=old.version + 1,
         )
+        await self._record(
+            tenant,
+            session_id,
+            idempotency,
+            first_id=first_new,
+            count=len(stored),
+            version=record.version,
+            attempt=attempt,
+        )
         await self._write(tenant, _Session(record, first_id, next_id))
         if first_id > session.first_id:
             await self._delete_messages(tenant, session_id, below=first_id)
-        return stored
+        return Appended(stored, record.version)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
         session = await self._read(tenant, session_id)
@@ -635,15 +745,19 @@ class ChromaStore:
                 hi = lo + selection.limit
         return await self._messages_of(tenant, session, lo, hi)
 
-    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
-        return await self._serialized(
-            tenant, session_id, functools.partial(self._clear_messages, tenant, session_id, now)
-        )
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        work = functools.partial(self._clear_messages, tenant, session_id, now, expected_version)
+        return await self._serialized(tenant, session_id, work)
 
-    async def _clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
+    async def _clear_messages(
+        self, tenant: str, session_id: str, now: datetime, expected_version: int | None
+    ) -> int | None:
         session = await self._read(tenant, session_id)
         if session is None:
-            return False
+            return None
+        check_version(session_id, session.record.version, expected_version)
         old = session.record
         record = SessionRecord(
             id=session_id,
@@ -654,7 +768,7 @@ class ChromaStore:
         )
         await self._write(tenant, _Session(record, session.next_id, session.next_id))
         await self._delete_messages(tenant, session_id, below=session.next_id)
-        return True
+        return record.version
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
@@ -700,8 +814,10 @@ class ChromaStore:
         return hits[:limit]
 
 
-async def open_chroma(settings: Settings, executor: ThreadPoolExecutor) -> tuple[Backend, Embedder]:
+async def open_chroma(settings: Settings, executor: ThreadPoolExecutor) -> tuple[Backend, 'Embedder']:
     """The backend and the embedding model, both made on `executor` (loading the model takes about a second)."""
+    from memsvc.embeddings import Embedder, EmbeddingModelError
+
     loop = asyncio.get_running_loop()
     try:
         embedder = await loop.run_in_executor(executor, Embedder.load, settings.embedding_model_dir)

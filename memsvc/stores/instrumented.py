@@ -15,7 +15,7 @@ from typing import TypeVar
 from memsvc.errors import BackendUnavailable, MemsvcError
 from memsvc.metrics import Metrics
 from memsvc.models import SearchHit, SessionRecord, StoredSession
-from memsvc.stores.base import ListCursor, MessageRange, Store
+from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store
 
 T = TypeVar('T')
 
@@ -54,8 +54,10 @@ class InstrumentedStore:
     async def ping(self) -> None:
         return await self._call('ping', self.inner.ping())
 
-    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
-        return await self._call('create_session', self.inner.create_session(tenant, record))
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
+        return await self._call('create_session', self.inner.create_session(tenant, record, idempotency=idempotency))
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
         return await self._call('get_session', self.inner.get_session(tenant, session_id, with_messages=with_messages))
@@ -67,21 +69,44 @@ class InstrumentedStore:
         return await self._call('list_sessions', call)
 
     async def update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
     ) -> SessionRecord | None:
-        return await self._call('update_metadata', self.inner.update_metadata(tenant, session_id, apply, now))
+        call = self.inner.update_metadata(tenant, session_id, apply, now, expected_version=expected_version)
+        return await self._call('update_metadata', call)
 
-    async def delete_session(self, tenant: str, session_id: str) -> bool:
-        return await self._call('delete_session', self.inner.delete_session(tenant, session_id))
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
+        call = self.inner.delete_session(tenant, session_id, expected_version=expected_version)
+        return await self._call('delete_session', call)
 
-    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
-        return await self._call('append_messages', self.inner.append_messages(tenant, session_id, bodies, now))
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
+        call = self.inner.append_messages(
+            tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency
+        )
+        return await self._call('append_messages', call)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
         return await self._call('get_messages', self.inner.get_messages(tenant, session_id, selection))
 
-    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
-        return await self._call('clear_messages', self.inner.clear_messages(tenant, session_id, now))
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        call = self.inner.clear_messages(tenant, session_id, now, expected_version=expected_version)
+        return await self._call('clear_messages', call)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

@@ -4,18 +4,20 @@ Not persistent, and one process only. Everything runs on the event loop without 
 middle of a change, so every method is atomic by construction. Messages are kept as the bytes
 they were encoded to, in a list per session whose ids are consecutive (`first_id` is the id of
 `messages[0]`), so reads by id or from the end are slices. The listing is a sorted list keyed by
-(-updated_at, -id), so a page is a bisect and a slice.
+(-updated_at, -id), so a page is a bisect and a slice. Idempotency records live beside the sessions
+of their tenant, keyed by (session id, key), in the order they expire.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sortedcontainers import SortedKeyList
 
-from memsvc.errors import NotSupported
+from memsvc.errors import IdempotencyKeyReused, NotSupported
 from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
-from memsvc.stores.base import ListCursor, MessageRange
+from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, check_version
 
 
 @dataclass(slots=True)
@@ -52,10 +54,45 @@ def _order(position: ListCursor) -> tuple[int, _Descending]:
     return -position[0], _Descending(position[1])
 
 
+def _check_version(session_id: str, session: _Session | None, expected: int | None) -> None:
+    check_version(session_id, None if session is None else session.record.version, expected)
+
+
+@dataclass(slots=True, frozen=True)
+class _Recorded:
+    fingerprint: str
+    expires: float  # time.monotonic()
+    result: SessionRecord | Appended
+
+
 class _Tenant:
     def __init__(self) -> None:
         self.sessions: dict[str, _Session] = {}
         self.listing: SortedKeyList[ListCursor, tuple[int, _Descending]] = SortedKeyList(key=_order)
+        self.recorded: dict[tuple[str, str], _Recorded] = {}
+
+    def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | None:
+        """The recorded result of this key's first request, if there is one."""
+        if idempotency is None:
+            return None
+        found = self.recorded.get((session_id, idempotency.key))
+        if found is None or found.expires < time.monotonic():
+            return None
+        if found.fingerprint != idempotency.fingerprint:
+            raise IdempotencyKeyReused()
+        return found.result
+
+    def record(self, session_id: str, idempotency: Idempotency | None, result: SessionRecord | Appended) -> None:
+        if idempotency is None:
+            return
+        now = time.monotonic()
+        while self.recorded:  # drop expired records; the oldest come first (the TTL is one setting)
+            oldest = next(iter(self.recorded))
+            if self.recorded[oldest].expires >= now:
+                break
+            del self.recorded[oldest]
+        expires = now + idempotency.ttl_seconds
+        self.recorded[session_id, idempotency.key] = _Recorded(idempotency.fingerprint, expires, result)
 
     def touch(self, session: _Session, record: SessionRecord) -> None:
         self.listing.remove(session.position)
@@ -78,13 +115,19 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
         part = self._tenant(tenant)
+        replayed = part.replay(record.id, idempotency)
+        if isinstance(replayed, SessionRecord):
+            return replayed
         if record.id in part.sessions:
-            return False
+            return None
         session = part.sessions[record.id] = _Session(record)
         part.listing.add(session.position)
-        return True
+        part.record(record.id, idempotency, record)
+        return record
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
         session = self._tenant(tenant).sessions.get(session_id)
@@ -102,29 +145,51 @@ class MemoryStore:
         return [self._stored(part.sessions[sid], with_messages) for _, sid in positions], more
 
     async def update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
     ) -> SessionRecord | None:
         part = self._tenant(tenant)
         session = part.sessions.get(session_id)
         if session is None:
             return None
+        _check_version(session_id, session, expected_version)
         record = session.record
         part.touch(
             session, replace(record, metadata=apply(record.metadata), updated_at=now, version=record.version + 1)
         )
         return session.record
 
-    async def delete_session(self, tenant: str, session_id: str) -> bool:
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
         part = self._tenant(tenant)
-        session = part.sessions.pop(session_id, None)
+        session = part.sessions.get(session_id)
         if session is None:
             return False
+        _check_version(session_id, session, expected_version)
+        del part.sessions[session_id]
         part.listing.remove(session.position)
         return True
 
-    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
         part = self._tenant(tenant)
+        replayed = part.replay(session_id, idempotency)
+        if isinstance(replayed, Appended):
+            return replayed
         session = part.sessions.get(session_id)
+        _check_version(session_id, session, expected_version)
         if session is None:
             record = SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
             session = part.sessions[session_id] = _Session(record)
@@ -137,7 +202,9 @@ class MemoryStore:
             del session.messages[:excess]
             session.first_id += excess
         part.touch(session, _touched(session.record, now))
-        return stored
+        appended = Appended(stored, session.record.version)
+        part.record(session_id, idempotency, appended)
+        return appended
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
         session = self._tenant(tenant).sessions.get(session_id)
@@ -153,15 +220,18 @@ class MemoryStore:
                 hi = lo + selection.limit
         return session.messages[lo:hi] if lo < hi else []
 
-    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
         part = self._tenant(tenant)
         session = part.sessions.get(session_id)
         if session is None:
-            return False
+            return None
+        _check_version(session_id, session, expected_version)
         session.messages = []
         session.first_id = session.next_id
         part.touch(session, _touched(session.record, now))
-        return True
+        return session.record.version
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

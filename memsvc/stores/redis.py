@@ -38,24 +38,26 @@ PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeo
 import asyncio
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from memsvc.errors import BackendUnavailable, NotSupported
+from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, NotSupported, PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.base import ListCursor, MessageRange
+from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, ListCursor, MessageRange
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
 
 CLUSTER_SCHEMES = {'redis+cluster': 'redis', 'rediss+cluster': 'rediss'}
@@ -82,6 +84,10 @@ class RedisKeys:
 
     def msgs(self, session_id: str) -> str:
         return f'{self.prefix}:{{{self.tenant}/{session_id}}}:msgs'
+
+    def idempotency(self, session_id: str, key: str) -> str:
+        """The record of an Idempotency-Key (`key` is its digest), beside the session it wrote to."""
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idem:{key}'
 
     def sessions(self) -> str:
         return f'{self.prefix}:{self.tenant}:sessions'
@@ -184,6 +190,24 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def _expected(version: int | None) -> str:
+    """An expected version as the scripts take it: '' for none, '*' for any."""
+    if version is None:
+        return ''
+    return '*' if version == ANY_VERSION else str(version)
+
+
+def _answer(session_id: str, reply: Sequence[Any]) -> tuple[bytes, Sequence[Any]]:
+    """A session script's status and the rest of its reply; the refusals every write shares are raised."""
+    status = _bytes(reply[0])
+    if status == b'stale':
+        current = _bytes(reply[1])
+        raise PreconditionFailed(session_id, int(current) if current else None)
+    if status == b'reused':
+        raise IdempotencyKeyReused()
+    return status, reply[1:]
+
+
 def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any) -> SessionRecord:
     return SessionRecord(
         id=session_id,
@@ -204,10 +228,16 @@ class Coalescer:
     request and a fraction of that batched (see the commit message for the figures). Calls stay
     independent: each script is atomic on its own, a failed call fails only its caller, and a
     connection error or timeout fails the batch it hit. Single Redis only; Cluster calls go direct.
+
+    The batch is written and read on the connection directly rather than through redis-py's Pipeline:
+    hiredis packs the commands (0.7 µs a command, redis-py's packer 6 µs) and the replies are read under
+    one deadline for the batch (`socket_timeout`), not one libuv timer per reply. 19.5 -> 9.5 µs of CPU
+    per command in batches of 32.
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, read_timeout: float) -> None:
         self._client = client
+        self._read_timeout = read_timeout
         self._queue: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -226,28 +256,53 @@ class Coalescer:
         task.add_done_callback(self._flushes.discard)
 
     async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
+        pool = self._client.connection_pool
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # the connection failed: every call of the batch gets the error
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            connection = await pool.get_connection()
+        except BaseException as exc:  # no connection within the pool timeout, or Redis is down
+            _fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (script, keys, args, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its caller went away
-                continue
-            if isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
-                retry = asyncio.ensure_future(script(keys=keys, args=args))
-                retry.add_done_callback(functools.partial(_settle, future))
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        try:
+            commands = [
+                pack_command(('EVALSHA', script.sha, len(keys), *keys, *args)) for script, keys, args, _ in batch
+            ]
+            await connection.send_packed_command(b''.join(commands))
+            async with asyncio.timeout(self._read_timeout):
+                for script, keys, args, future in batch:
+                    try:
+                        reply = await connection.read_response(timeout=math.inf)  # the batch has the deadline
+                    except ResponseError as exc:
+                        reply = exc
+                    self._settle(future, script, keys, args, reply)
+        except BaseException as exc:  # the connection failed or timed out: the calls not answered get the error
+            await connection.disconnect()
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            await pool.release(connection)
+
+    @staticmethod
+    def _settle(
+        future: asyncio.Future[Any], script: AsyncScript, keys: Sequence[str], args: Sequence[Any], reply: Any
+    ) -> None:
+        if future.done():  # its caller went away
+            return
+        if isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
+            retry = asyncio.ensure_future(script(keys=keys, args=args))
+            retry.add_done_callback(functools.partial(_settle, future))
+        elif isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+
+def _fail(batch: Sequence[tuple[Any, Any, Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for *_, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _settle(future: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
@@ -283,7 +338,7 @@ class RedisStore:
         self._clear, self._delete, self._touch_index = script(lua.CLEAR), script(lua.DELETE), script(lua.TOUCH_INDEX)
         self._remove_stale = script(lua.REMOVE_STALE)
         self._get_session, self._get_messages = script(lua.GET_SESSION), script(lua.GET_MESSAGES)
-        self._coalescer = Coalescer(client) if isinstance(client, Redis) else None
+        self._coalescer = Coalescer(client, settings.redis_socket_timeout) if isinstance(client, Redis) else None
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
@@ -302,14 +357,24 @@ class RedisStore:
         return self._guard
 
     def _session_call(
-        self, keys: RedisKeys, session_id: str, now: datetime
+        self,
+        keys: RedisKeys,
+        session_id: str,
+        now: datetime,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
     ) -> tuple[list[str], list[str | int | bytes]]:
         """KEYS and the leading ARGV of a session script (the index key only on a single Redis)."""
-        key_list = [keys.meta(session_id), keys.msgs(session_id)]
+        record = keys.idempotency(session_id, '-' if idempotency is None else idempotency.key)
+        key_list = [keys.meta(session_id), keys.msgs(session_id), record]
         if not self._cluster:
             key_list.append(keys.sessions())
         micros = to_micros(now)
-        return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id]
+        expected = _expected(expected_version)
+        if idempotency is None:
+            return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id, expected, '', 0]
+        fingerprint, ttl = idempotency.fingerprint, idempotency.ttl_seconds
+        return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id, expected, fingerprint, ttl]
 
     def _cutoff(self, micros: int) -> str:
         return str(micros - (self._ttl + INDEX_GRACE_SECONDS) * 1_000_000)
@@ -329,15 +394,22 @@ class RedisStore:
         async with self._call():
             await self._client.ping()
 
-    async def create_session(self, tenant: str, record: SessionRecord) -> bool:
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
         keys = RedisKeys(self._prefix, tenant)
-        key_list, args = self._session_call(keys, record.id, record.updated_at)
+        key_list, args = self._session_call(keys, record.id, record.updated_at, idempotency=idempotency)
         args += [str(to_micros(record.created_at)), record.metadata, str(record.version)]
         async with self._call():
-            created = bool(await self._script(self._create, key_list, args))
-            if created and self._cluster:
+            status, rest = _answer(record.id, await self._script(self._create, key_list, args))
+            if status == b'exists':
+                return None
+            if status == b'replay':
+                created_at, metadata = _bytes(rest[0]).split(b'\n', 1)
+                return _record(record.id, created_at, created_at, metadata, 0)
+            if self._cluster:
                 await self._index(keys, record.id, to_micros(record.updated_at))
-        return created
+        return record
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
         keys = RedisKeys(self._prefix, tenant)
@@ -426,12 +498,18 @@ class RedisStore:
         return out
 
     async def update_metadata(
-        self, tenant: str, session_id: str, apply: Callable[[bytes], bytes], now: datetime
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
     ) -> SessionRecord | None:
         """Optimistic: read, `apply` here, then a script sets the result only if the metadata is unchanged,
         else retries. It compares the metadata itself, not the version, so appends never force a retry."""
         keys = RedisKeys(self._prefix, tenant)
-        key_list, args = self._session_call(keys, session_id, now)
+        key_list, args = self._session_call(keys, session_id, now, expected_version)
         meta = keys.meta(session_id)
         async with self._call():
             for _ in range(_CAS_ATTEMPTS):
@@ -440,38 +518,54 @@ class RedisStore:
                     return None
                 current = _bytes(found)
                 new = apply(current)
-                result = await self._set_metadata(keys=key_list, args=[*args, current, new])
-                if result is None:
+                status, rest = _answer(session_id, await self._set_metadata(keys=key_list, args=[*args, current, new]))
+                if status == b'gone':
                     return None
-                if result != 0:
-                    created_at, updated_at, version = result
+                if status == b'ok':
+                    created_at, updated_at, version = rest
                     if self._cluster:
                         await self._index(keys, session_id, updated_at)
                     return _record(session_id, created_at, updated_at, new, version)
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
-    async def delete_session(self, tenant: str, session_id: str) -> bool:
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
         keys = RedisKeys(self._prefix, tenant)
         key_list = [keys.meta(session_id), keys.msgs(session_id)]
+        args = [session_id, _expected(expected_version)]
         async with self._call():
             if not self._cluster:
-                return bool(await self._delete(keys=[*key_list, keys.sessions()], args=[session_id]))
-            existed, _ = await self._both(
-                self._delete(keys=key_list, args=[session_id]), self._client.zrem(keys.sessions(), session_id)
-            )
-            return bool(existed)
+                reply = await self._delete(keys=[*key_list, keys.sessions()], args=args)
+            else:
+                reply = await self._delete(keys=key_list, args=args)
+                if _bytes(reply[0]) == b'ok':
+                    await self._client.zrem(keys.sessions(), session_id)
+        status, _ = _answer(session_id, reply)
+        return status == b'ok'
 
-    async def append_messages(self, tenant: str, session_id: str, bodies: list[bytes], now: datetime) -> list[bytes]:
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
         keys = RedisKeys(self._prefix, tenant)
-        key_list, args = self._session_call(keys, session_id, now)
+        key_list, args = self._session_call(keys, session_id, now, expected_version, idempotency)
         async with self._call():
             call = self._script(self._append, key_list, [*args, self._max_messages, *bodies])
             if self._cluster:
-                first, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
+                reply, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
             else:
-                first = await call
-        first = int(first)
-        return [with_id(first + n, body) for n, body in enumerate(bodies)]
+                reply = await call
+        status, rest = _answer(session_id, reply)
+        if status == b'replay':
+            recorded_version, *stored = _bytes(rest[0]).split(b'\n')
+            return Appended(stored, int(recorded_version))
+        first = int(rest[0])
+        return Appended([with_id(first + n, body) for n, body in enumerate(bodies)], int(rest[1]))
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
         keys = RedisKeys(self._prefix, tenant)
@@ -480,14 +574,19 @@ class RedisStore:
             messages = await self._script(self._get_messages, [keys.meta(session_id), keys.msgs(session_id)], args)
         return None if messages is None else list(messages)
 
-    async def clear_messages(self, tenant: str, session_id: str, now: datetime) -> bool:
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
         keys = RedisKeys(self._prefix, tenant)
-        key_list, args = self._session_call(keys, session_id, now)
+        key_list, args = self._session_call(keys, session_id, now, expected_version)
         async with self._call():
-            updated_at = await self._clear(keys=key_list, args=args)
-            if updated_at is not None and self._cluster:
+            status, rest = _answer(session_id, await self._clear(keys=key_list, args=args))
+            if status == b'gone':
+                return None
+            updated_at, version = rest
+            if self._cluster:
                 await self._index(keys, session_id, updated_at)
-        return updated_at is not None
+        return int(version)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

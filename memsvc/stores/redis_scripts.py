@@ -20,12 +20,17 @@ local function index(key, member, score, ttl, cutoff, gt)
 end
 """
 
-# Session scripts: KEYS = meta, msgs [, index on a single Redis]; ARGV = now, ttl, cutoff, session id, ...
+# Session scripts: KEYS = meta, msgs, idempotency record [, index on a single Redis];
+# ARGV = now, ttl, cutoff, session id, expected version ('' none, '*' any, or the number), idempotency
+# fingerprint ('' none), idempotency TTL, then the script's own. Each answers a table led by a status:
+# 'ok' …, 'replay' <recorded result>, 'reused' (same key, other request), 'stale' <current version or ''>,
+# 'gone' (no such session), 'exists' (create of a taken id), 'changed' (compare-and-set lost a race).
 SESSION = (
     INDEX
     + """
-local meta, msgs, idx = KEYS[1], KEYS[2], KEYS[3]
+local meta, msgs, idem, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, ttl, cutoff, sid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local expected, fingerprint, idem_ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local function later(a, b) if tonumber(a) >= tonumber(b) then return a end return b end
 local function refresh(updated)
   for _, key in ipairs({meta, msgs}) do
@@ -33,15 +38,39 @@ local function refresh(updated)
   end
   if idx then index(idx, sid, updated, ttl, cutoff, false) end
 end
+local function recorded()  -- the answer recorded for this Idempotency-Key, if any
+  if fingerprint == '' then return nil end
+  local found = redis.call('HMGET', idem, 'fingerprint', 'result')
+  if not found[1] then return nil end
+  if found[1] ~= fingerprint then return {'reused'} end
+  return {'replay', found[2]}
+end
+local function record(result)
+  if fingerprint ~= '' then
+    redis.call('HSET', idem, 'fingerprint', fingerprint, 'result', result)
+    redis.call('EXPIRE', idem, idem_ttl)
+  end
+end
+local function stale(version)  -- nil when the If-Match holds (or there is none)
+  if expected == '' then return nil end
+  if not version then return {'stale', ''} end
+  if expected ~= '*' and version ~= expected then return {'stale', version} end
+  return nil
+end
 """
 )
 
-# ARGV[5] = max messages (0 = all), ARGV[6..] = bodies from `encode_message`. Returns the first new id.
+# ARGV[8] = max messages (0 = all), ARGV[9..] = bodies from `encode_message`.
+# 'ok', first new id, new version. The recorded result: the version, then the stored messages, one a line.
 APPEND = (
     SESSION
     + """
-local max = tonumber(ARGV[5])
-local state = redis.call('HMGET', meta, 'next_id', 'updated_at')
+local answer = recorded()
+if answer then return answer end
+local max = tonumber(ARGV[8])
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
+answer = stale(state[3])
+if answer then return answer end
 local next_id, updated = tonumber(state[1]), now
 if next_id then
   updated = later(state[2], now)
@@ -50,70 +79,85 @@ else
   redis.call('DEL', msgs)
   redis.call('HSET', meta, 'created_at', now, 'metadata', '{}', 'version', '0')
 end
-local count = #ARGV - 5
-local batch = {}
+local count = #ARGV - 8
+local batch, stored = {}, {}
 for i = 1, count do
-  batch[#batch + 1] = '{"id":' .. string.format('%d', next_id + i - 1) .. ',' .. string.sub(ARGV[5 + i], 2)
+  local message = '{"id":' .. string.format('%d', next_id + i - 1) .. ',' .. string.sub(ARGV[8 + i], 2)
+  batch[#batch + 1] = message
+  if fingerprint ~= '' then stored[i] = message end
   if #batch == 1000 then redis.call('RPUSH', msgs, unpack(batch)); batch = {} end
 end
 if #batch > 0 then redis.call('RPUSH', msgs, unpack(batch)) end
 if max > 0 then redis.call('LTRIM', msgs, -max, -1) end
 redis.call('HSET', meta, 'next_id', string.format('%d', next_id + count), 'updated_at', updated)
-redis.call('HINCRBY', meta, 'version', 1)
+local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
-return next_id
+record(version .. '\\n' .. table.concat(stored, '\\n'))
+return {'ok', next_id, version}
 """
 )
 
-# ARGV[5] = created_at, ARGV[6] = metadata, ARGV[7] = version. Returns 1 if created, 0 if the id exists.
+# ARGV[8] = created_at, ARGV[9] = metadata, ARGV[10] = version.
+# 'ok' or 'exists'. The recorded result: created_at, then the metadata, on two lines.
 CREATE = (
     SESSION
     + """
-if redis.call('EXISTS', meta) == 1 then return 0 end
+local answer = recorded()
+if answer then return answer end
+if redis.call('EXISTS', meta) == 1 then return {'exists'} end
 redis.call('DEL', msgs)
-redis.call('HSET', meta, 'created_at', ARGV[5], 'updated_at', now, 'metadata', ARGV[6], 'next_id', '1',
-           'version', ARGV[7])
+redis.call('HSET', meta, 'created_at', ARGV[8], 'updated_at', now, 'metadata', ARGV[9], 'next_id', '1',
+           'version', ARGV[10])
 refresh(now)
-return 1
+record(ARGV[8] .. '\\n' .. ARGV[9])
+return {'ok'}
 """
 )
 
-# Compare-and-set. ARGV[5] = the metadata `apply` saw, ARGV[6] = its result.
-# Returns nil if the session is gone, 0 if the metadata changed meanwhile, else created_at, updated_at, version.
+# Compare-and-set. ARGV[8] = the metadata `apply` saw, ARGV[9] = its result.
+# 'ok', created_at, updated_at, version; or 'gone', 'stale', 'changed' (the metadata changed meanwhile).
 SET_METADATA = (
     SESSION
     + """
-local current = redis.call('HGET', meta, 'metadata')
-if not current then return false end
-if current ~= ARGV[5] then return 0 end
-local updated = later(redis.call('HGET', meta, 'updated_at'), now)
-redis.call('HSET', meta, 'metadata', ARGV[6], 'updated_at', updated)
-redis.call('HINCRBY', meta, 'version', 1)
+local state = redis.call('HMGET', meta, 'metadata', 'version', 'updated_at', 'created_at')
+if not state[1] then return {'gone'} end
+local answer = stale(state[2])
+if answer then return answer end
+if state[1] ~= ARGV[8] then return {'changed'} end
+local updated = later(state[3], now)
+redis.call('HSET', meta, 'metadata', ARGV[9], 'updated_at', updated)
+local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
-return redis.call('HMGET', meta, 'created_at', 'updated_at', 'version')
+return {'ok', state[4], updated, version}
 """
 )
 
-# Returns nil if the session is gone, else its new updated_at.
+# 'ok', updated_at, version; or 'gone', 'stale'.
 CLEAR = (
     SESSION
     + """
-if redis.call('EXISTS', meta) == 0 then return false end
+local state = redis.call('HMGET', meta, 'version', 'updated_at')
+if not state[1] then return {'gone'} end
+local answer = stale(state[1])
+if answer then return answer end
 redis.call('DEL', msgs)
-local updated = later(redis.call('HGET', meta, 'updated_at'), now)
+local updated = later(state[2], now)
 redis.call('HSET', meta, 'updated_at', updated)
-redis.call('HINCRBY', meta, 'version', 1)
+local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
-return updated
+return {'ok', updated, version}
 """
 )
 
-# KEYS = meta, msgs [, index]; ARGV = session id. Returns 1 if the session existed.
+# KEYS = meta, msgs [, index]; ARGV = session id, expected version ('' none, '*' any, or the number).
+# 'ok', 'gone' or 'stale' <current version>.
 DELETE = """
-local existed = redis.call('EXISTS', KEYS[1])
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return {'gone'} end
+if ARGV[2] ~= '' and ARGV[2] ~= '*' and ARGV[2] ~= version then return {'stale', version} end
 redis.call('DEL', KEYS[1], KEYS[2])
 if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
-return existed
+return {'ok'}
 """
 
 # Cluster only. KEYS = index; ARGV = session id, score, ttl, cutoff.
