@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest all clean bench bench-tools load
+.PHONY: help install run test lint typecheck pytest all clean bench bench-tools load soak
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ bench: $(BENCH_STAMP) bench-tools ## memsvc against a bare-aiohttp ceiling with 
 
 load: $(BENCH_STAMP) bench-tools ## locust for 60 s against a memsvc it starts (LOAD_ARGS='--memory-type redis')
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
+
+SOAK_SECONDS ?= 60
+soak: $(STAMP) ## two replicas on one Redis under load through a Redis restart and a replica restart; prints the counts
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -46,6 +46,7 @@ class Seen:
     acked: list[tuple[str, str]] = field(default_factory=list)  # (session id, idempotency key) of each 201
     given_up: list[tuple[str, str]] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # the messages of 503s and other errors
     requests: list[tuple[float, float, str]] = field(default_factory=list)  # (wall time, seconds, status)
 
 
@@ -58,6 +59,8 @@ async def _request(
         async with http.request(method, url, **kwargs) as response:
             body = await response.json(content_type=None)
             outcome = f'{method} {response.status}'
+            if response.status >= 500:
+                seen.errors[body['error']['message']] += 1
     except (aiohttp.ClientConnectionError, TimeoutError):
         outcome = f'{method} connection error'
         body = None
@@ -121,6 +124,7 @@ class Report:
     given_up: int
     statuses: dict[str, int]
     statuses_outside_faults: dict[str, int]
+    errors: dict[str, int]
     replica_exit_status: int
     latency_ms: dict[str, dict[str, float]]
 
@@ -248,6 +252,7 @@ def run(seconds: float, workdir: Path, sessions: int = 50, concurrency: int = 32
         given_up=len(seen['given_up']),
         statuses=dict(seen['statuses']),
         statuses_outside_faults=dict(outside),
+        errors=dict(seen['errors']),
         replica_exit_status=replica_exit_status,
         latency_ms={name: _percentiles(values) for name, values in phases.items()},
     )
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == 'drive':
         seen = asyncio.run(drive(args.urls, args.seconds, sessions=50, concurrency=32))
-        args.out.write_text(json.dumps({**asdict(seen), 'statuses': dict(seen.statuses)}))
+        args.out.write_text(json.dumps({**asdict(seen), 'statuses': dict(seen.statuses), 'errors': dict(seen.errors)}))
         return 0
     with tempfile.TemporaryDirectory(prefix='memsvc-soak-') as workdir:
         report = run(args.seconds, Path(workdir))

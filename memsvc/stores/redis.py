@@ -46,11 +46,12 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from hiredis import pack_command
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, NotSupported, PreconditionFailed
@@ -165,10 +166,10 @@ class _Guard:
     one instance serves them all.
     """
 
-    __slots__ = ('_slots', '_timeout')
+    __slots__ = ('_pool', '_slots', '_timeout')
 
-    def __init__(self, slots: asyncio.Semaphore | None, timeout: float) -> None:
-        self._slots, self._timeout = slots, timeout
+    def __init__(self, slots: asyncio.Semaphore | None, timeout: float, pool: ConnectionPool | None) -> None:
+        self._slots, self._timeout, self._pool = slots, timeout, pool
 
     async def __aenter__(self) -> None:
         if self._slots is None:
@@ -183,6 +184,11 @@ class _Guard:
         if self._slots is not None:
             self._slots.release()
         if isinstance(exc, _CLIENT_ERRORS):
+            if isinstance(exc, RedisConnectionError) and self._pool is not None:
+                # A lost connection means a restarted (or failed-over) Redis: the idle connections are dead
+                # too. Drop them now, so that each does not cost a request its 503 once Redis is back.
+                with contextlib.suppress(*_CLIENT_ERRORS):
+                    await self._pool.disconnect(inuse_connections=False)
             raise _translated(exc) from exc
 
 
@@ -328,7 +334,8 @@ class RedisStore:
         self._pool_timeout = settings.redis_pool_timeout
         # redis-py's async Cluster client has no blocking pool; this gives it the same wait-then-503.
         self._slots = asyncio.Semaphore(settings.redis_max_connections) if self._cluster else None
-        self._guard = _Guard(self._slots, self._pool_timeout)
+        pool = client.connection_pool if isinstance(client, Redis) else None
+        self._guard = _Guard(self._slots, self._pool_timeout, pool)
         script = client.register_script
         self._append, self._create, self._set_metadata = (
             script(lua.APPEND),

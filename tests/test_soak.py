@@ -1,0 +1,20 @@
+"""A short run of the fault soak (tests/soak.py; `make soak` runs the long one)."""
+
+from pathlib import Path
+
+from tests.soak import run
+
+
+def test_no_acknowledged_write_is_lost_or_duplicated_through_a_redis_restart_and_a_replica_restart(
+    tmp_path: Path,
+) -> None:
+    report = run(seconds=10, workdir=tmp_path, sessions=20, concurrency=16)
+    assert report.acknowledged > 100, report
+    assert report.lost == 0, report
+    assert report.duplicated == 0, report
+    assert report.given_up == 0, report
+    assert report.replica_exit_status == 0, "the SIGTERM'd replica drained and exited 0"
+    assert report.ok(), report
+    assert report.statuses.get('POST 503', 0) + report.statuses.get('POST connection error', 0) > 0, (
+        'the faults did happen while writes were under way'
+    )
