@@ -378,11 +378,13 @@ def _rss_report(pid: int) -> str:
 
 
 def rss() -> None:
+    import urllib.error
     import urllib.request
 
     port = _free_port()
     directory = Path(tempfile.mkdtemp(prefix='memsvc-chroma-rss-'))
     env = {**os.environ, 'MEMORY_TYPE': 'chroma', 'CHROMA_PERSIST_DIRECTORY': str(directory), 'MEMSVC_PORT': str(port)}
+    env['MEMSVC_STORE_TIMEOUT_SECONDS'] = '300'  # embedding 100 long messages can take longer than the default
     process = subprocess.Popen([sys.executable, '-m', 'memsvc', 'serve'], env=env)
     try:
         for _ in _until(lambda: _answers(port)):
@@ -395,7 +397,10 @@ def rss() -> None:
                 data=json.dumps(body).encode(),
                 headers={'Content-Type': 'application/json'},
             )
-            urllib.request.urlopen(request, timeout=120).read()
+            try:
+                urllib.request.urlopen(request, timeout=120).read()
+            except urllib.error.HTTPError as exc:  # e.g. 503 past MEMSVC_STORE_TIMEOUT_SECONDS: the write goes on
+                print(f'  {path}: {exc.code} {exc.read()[:200]!r}')
 
         rng = np.random.default_rng(2)
         for n in range(20):
@@ -404,8 +409,18 @@ def rss() -> None:
                 [{'role': 'user', 'content': _message(rng, i)} for i in range(100)],
             )
         print(f'after 2,000 short messages:         {_rss_report(process.pid)}')
-        long = ' '.join(str(w) for w in rng.choice(WORDS, size=2000))
+        long = ' '.join(str(w) for w in rng.choice(WORDS, size=900))
         post('/api/v1/chat/sessions/long/messages', [{'role': 'user', 'content': long}] * 100)
+
+        def stored_long() -> bool:  # a 503 past the store deadline still writes: wait for the batch
+            try:
+                url = f'http://127.0.0.1:{port}/api/v1/chat/sessions/long/messages'
+                return len(json.loads(urllib.request.urlopen(url, timeout=60).read())) == 100
+            except urllib.error.HTTPError:
+                return False
+
+        for _ in _until(stored_long, timeout=300):
+            time.sleep(0.5)
         print(f'after a batch of 100 long messages: {_rss_report(process.pid)}')
         urllib.request.urlopen(f'http://127.0.0.1:{port}/api/v1/chat/search?q=weather', timeout=60).read()
         print(f'after a search:                     {_rss_report(process.pid)}')
