@@ -20,23 +20,65 @@ from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, 
 T = TypeVar('T')
 
 
+class Deadlines:
+    """One deadline, `seconds` long, for any number of concurrent operations, with one timer between them.
+
+    `asyncio.timeout(seconds)` arms and cancels a timer per operation, which on uvloop costs ~5 µs (a libuv
+    timer each time): as much as a whole batched Redis call. Here each operation enters an
+    `asyncio.timeout(None)`, which arms nothing, and is listed with its expiry; one timer, running only
+    while operations are listed, wakes every `resolution` seconds and reschedules the expired ones' timeouts
+    to now, so asyncio cancels them exactly as an armed timeout would (TimeoutError in the operation). An
+    operation may so run up to `resolution` past its deadline. 7.0 -> 2.4 µs per operation (uvloop, 200k).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.resolution = min(seconds / 10, 0.05)
+        self._listed: dict[asyncio.Timeout, float] = {}  # in order of expiry: every operation gets `seconds`
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, timeout: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        self._listed[timeout] = loop.time() + self.seconds
+        if self._timer is None:
+            self._timer = loop.call_later(self.resolution, self._expire)
+
+    def forget(self, timeout: asyncio.Timeout) -> None:
+        self._listed.pop(timeout, None)
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._listed:
+            timeout, expiry = next(iter(self._listed.items()))
+            if expiry > now:
+                break
+            del self._listed[timeout]
+            timeout.reschedule(now)
+        self._timer = loop.call_later(self.resolution, self._expire) if self._listed else None
+
+
 class InstrumentedStore:
     """`timeout` None: no deadline, for a store that never waits (the in-memory one, whose operations
-    finish without suspending, so a deadline could never fire). On uvloop each `asyncio.timeout` arms and
-    cancels a libuv timer, ~5 µs per operation."""
+    finish without suspending, so a deadline could never fire)."""
 
     def __init__(self, store: Store, metrics: Metrics, timeout: float | None) -> None:
         self.inner = store
         self._metrics = metrics
         self._timeout = timeout
+        self._deadlines = Deadlines(timeout) if timeout is not None else None
 
     async def _call(self, operation: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         try:
-            if self._timeout is None:
+            if self._deadlines is None:
                 return await call
-            async with asyncio.timeout(self._timeout):
-                return await call
+            async with asyncio.timeout(None) as deadline:
+                self._deadlines.watch(deadline)
+                try:
+                    return await call
+                finally:
+                    self._deadlines.forget(deadline)
         except TimeoutError:
             self._metrics.store_errors.labels(operation, 'timeout').inc()
             raise BackendUnavailable(f'the store did not answer within {self._timeout} s') from None
