@@ -59,6 +59,29 @@ class IdempotencyKeyReused(MemsvcError):
         super().__init__('this Idempotency-Key was used for a different request; use a new key for a new request')
 
 
+class LimitReached(MemsvcError):
+    """A write that would take a tenant or a session past a configured bound; nothing was written."""
+
+
+class SessionLimitReached(LimitReached):
+    code = 'session_limit_reached'
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f'this tenant holds its limit of {limit} sessions (MEMSVC_MAX_SESSIONS_PER_TENANT); delete some first'
+        )
+
+
+class SessionFull(LimitReached):
+    code = 'session_full'
+
+    def __init__(self, session_id: str, limit: int) -> None:
+        super().__init__(
+            f'session {session_id!r} holds its limit of {limit} messages (MEMSVC_MAX_MESSAGES_PER_SESSION); '
+            'clear it or start a new session'
+        )
+
+
 class InvalidInput(MemsvcError):
     """A well-formed request whose content breaks a rule; `field` names where (e.g. `metadata`)."""
 

@@ -28,7 +28,7 @@ _ERRORS = {
     400: 'malformed JSON, an invalid session id or an invalid query parameter',
     401: 'missing or wrong API key',
     404: 'the session does not exist',
-    409: 'a session with this id exists',
+    409: 'a session with this id exists, or a limit is reached (sessions per tenant, messages per session)',
     412: 'If-Match names another version than the current one (or the session does not exist)',
     413: 'the body is larger than MEMSVC_MAX_BODY_BYTES',
     415: 'the body is not sent as application/json',
@@ -299,7 +299,7 @@ def build_openapi(settings: Settings) -> Schema:
                         '201': _json(
                             {'oneOf': [_ref('Message'), messages]}, 'what was stored, in the shape sent', _ETAG
                         ),
-                        **_errors(400, 401, 412, 413, 415, 422),
+                        **_errors(400, 401, 409, 412, 413, 415, 422),
                     },
                 },
                 'delete': {

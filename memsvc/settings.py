@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     key_prefix: Annotated[str, Field(pattern=r'^[A-Za-z0-9_.:-]{1,64}$')] = 'memsvc'
     session_ttl_seconds: int = Field(0, ge=0, description='idle sessions expire after this long; 0 = never')
     max_messages_per_session: int = Field(0, ge=0, description='keep only the newest N messages; 0 = all')
+    on_full_session: Literal['trim', 'reject'] = Field(
+        'trim', description='at MEMSVC_MAX_MESSAGES_PER_SESSION: drop the oldest, or refuse the append (409)'
+    )
+    max_sessions_per_tenant: int = Field(0, ge=0, description='refuse new sessions past this many (409); 0 = none')
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_content_chars: int = Field(100_000, ge=1)

@@ -9,7 +9,7 @@ from typing import assert_never
 
 from memsvc.errors import NotSupported
 from memsvc.settings import Settings
-from memsvc.stores.base import ListCursor, MessageRange, Store
+from memsvc.stores.base import Limits, ListCursor, MessageRange, Store
 
 __all__ = ['ListCursor', 'MessageRange', 'Store', 'open_store']
 
@@ -21,7 +21,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         case 'in_memory':
             from memsvc.stores.memory import MemoryStore
 
-            yield MemoryStore(max_messages=settings.max_messages_per_session)
+            yield MemoryStore(Limits.from_settings(settings))
         case 'redis':
             from memsvc.stores.redis import RedisStore, create_client
 

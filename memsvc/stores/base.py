@@ -8,10 +8,13 @@ exceptions). Every method takes the tenant, and every store keys its data by (te
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
+
+if TYPE_CHECKING:
+    from memsvc.settings import Settings
 
 ListCursor = tuple[int, str]
 """A position in the listing: (updated_at in microseconds, session id). Order: both descending."""
@@ -32,6 +35,24 @@ class MessageRange:
 
 ANY_VERSION = -1
 """`expected_version` for `If-Match: *`: any version, as long as the session exists."""
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """The bounds a store keeps: `max_messages` per session (0 = none), which it trims to (dropping the oldest)
+    or, with `reject_full`, refuses to pass (`SessionFull`); `max_sessions` per tenant (`SessionLimitReached`)."""
+
+    max_messages: int = 0
+    reject_full: bool = False
+    max_sessions: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: 'Settings') -> 'Limits':
+        return cls(
+            max_messages=settings.max_messages_per_session,
+            reject_full=settings.on_full_session == 'reject',
+            max_sessions=settings.max_sessions_per_tenant,
+        )
 
 
 def check_version(session_id: str, current: int | None, expected: int | None) -> None:

@@ -72,10 +72,17 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import ChromaError, InvalidArgumentError, NotFoundError
 
-from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, NotSupported, SessionNotFound
+from memsvc.errors import (
+    BackendUnavailable,
+    IdempotencyKeyReused,
+    NotSupported,
+    SessionFull,
+    SessionLimitReached,
+    SessionNotFound,
+)
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, utc_now, with_id
 from memsvc.settings import Settings
-from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, check_version
+from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
 
 if TYPE_CHECKING:  # imported where used: the child process of embedded Chroma needs no embedding model
     from memsvc.embeddings import Embedder, Vectors
@@ -383,7 +390,8 @@ class ChromaStore:
         self._embedder = embedder
         self._executor = executor
         self._where = backend.where
-        self._max_messages = settings.max_messages_per_session
+        self._limits = Limits.from_settings(settings)
+        self._max_messages = self._limits.max_messages
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._writing: set[asyncio.Future[Any]] = set()  # writes that run on after their caller was cancelled
 
@@ -503,6 +511,14 @@ class ChromaStore:
             session.record, await self._messages_of(tenant, session, session.first_id, session.next_id)
         )
 
+    async def _check_room(self, tenant: str) -> None:
+        """Before a write that creates a session: the tenant's session limit (counted, so only when one is set)."""
+        if not self._limits.max_sessions:
+            return
+        found = await self._call('sessions', 'get', where={'tenant': tenant}, include=[])
+        if len(found['ids']) >= self._limits.max_sessions:
+            raise SessionLimitReached(self._limits.max_sessions)
+
     async def _recorded(self, tenant: str, session_id: str, idempotency: Idempotency | None) -> dict[str, Any] | None:
         """The unexpired record of this Idempotency-Key; `IdempotencyKeyReused` if it was for another request."""
         if idempotency is None:
@@ -560,6 +576,7 @@ class ChromaStore:
             return SessionRecord(record.id, created_at, created_at, str(recorded['metadata']).encode(), 0)
         if existing is not None:
             return None
+        await self._check_room(tenant)
         await self._delete_messages(tenant, record.id)  # whatever an interrupted delete left behind
         await self._record(
             tenant, record.id, idempotency, created_at=to_micros(record.created_at), metadata=record.metadata.decode()
@@ -674,9 +691,13 @@ class ChromaStore:
         check_version(session_id, None if session is None else session.record.version, expected_version)
         attempt = uuid.uuid4().hex
         if session is None:
+            await self._check_room(tenant)
             await self._delete_messages(tenant, session_id)  # whatever an interrupted delete left behind
             record = SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
             session = _Session(record, 1, 1)
+        limits = self._limits
+        if limits.reject_full and session.next_id - session.first_id + len(bodies) > limits.max_messages > 0:
+            raise SessionFull(session_id, limits.max_messages)
         first_new = session.next_id
         stored = [with_id(first_new + n, body) for n, body in enumerate(bodies)]
         ids, metadatas, documents = [], [], []

@@ -15,9 +15,9 @@ from datetime import datetime
 
 from sortedcontainers import SortedKeyList
 
-from memsvc.errors import IdempotencyKeyReused, NotSupported
+from memsvc.errors import IdempotencyKeyReused, NotSupported, SessionFull, SessionLimitReached
 from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
-from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, check_version
+from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
 
 
 @dataclass(slots=True)
@@ -102,9 +102,10 @@ class _Tenant:
 
 
 class MemoryStore:
-    def __init__(self, max_messages: int = 0) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self._tenants: dict[str, _Tenant] = {}
-        self._max_messages = max_messages
+        self._limits = limits or Limits()
+        self._max_messages = self._limits.max_messages
 
     def _tenant(self, tenant: str) -> _Tenant:
         part = self._tenants.get(tenant)
@@ -124,6 +125,7 @@ class MemoryStore:
             return replayed
         if record.id in part.sessions:
             return None
+        self._check_room(part)
         session = part.sessions[record.id] = _Session(record)
         part.listing.add(session.position)
         part.record(record.id, idempotency, record)
@@ -190,7 +192,11 @@ class MemoryStore:
             return replayed
         session = part.sessions.get(session_id)
         _check_version(session_id, session, expected_version)
+        held = 0 if session is None else len(session.messages)
+        if self._limits.reject_full and held + len(bodies) > self._max_messages > 0:
+            raise SessionFull(session_id, self._max_messages)
         if session is None:
+            self._check_room(part)
             record = SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
             session = part.sessions[session_id] = _Session(record)
             part.listing.add(session.position)
@@ -232,6 +238,10 @@ class MemoryStore:
         session.first_id = session.next_id
         part.touch(session, _touched(session.record, now))
         return session.record.version
+
+    def _check_room(self, part: _Tenant) -> None:
+        if self._limits.max_sessions and len(part.sessions) >= self._limits.max_sessions:
+            raise SessionLimitReached(self._limits.max_sessions)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

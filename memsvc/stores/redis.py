@@ -54,11 +54,18 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, NotSupported, PreconditionFailed
+from memsvc.errors import (
+    BackendUnavailable,
+    IdempotencyKeyReused,
+    NotSupported,
+    PreconditionFailed,
+    SessionFull,
+    SessionLimitReached,
+)
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, ListCursor, MessageRange
+from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, Limits, ListCursor, MessageRange
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
 
 CLUSTER_SCHEMES = {'redis+cluster': 'redis', 'rediss+cluster': 'rediss'}
@@ -330,7 +337,8 @@ class RedisStore:
         self._cluster = isinstance(client, RedisCluster)
         self._prefix = settings.key_prefix
         self._ttl = settings.session_ttl_seconds
-        self._max_messages = settings.max_messages_per_session
+        self._limits = Limits.from_settings(settings)
+        self._max_messages = self._limits.max_messages
         self._pool_timeout = settings.redis_pool_timeout
         # redis-py's async Cluster client has no blocking pool; this gives it the same wait-then-503.
         self._slots = asyncio.Semaphore(settings.redis_max_connections) if self._cluster else None
@@ -406,11 +414,15 @@ class RedisStore:
     ) -> SessionRecord | None:
         keys = RedisKeys(self._prefix, tenant)
         key_list, args = self._session_call(keys, record.id, record.updated_at, idempotency=idempotency)
-        args += [str(to_micros(record.created_at)), record.metadata, str(record.version)]
+        args += [str(to_micros(record.created_at)), record.metadata, str(record.version), self._limits.max_sessions]
         async with self._call():
+            if self._cluster:
+                await self._check_room(keys, record.id)
             status, rest = _answer(record.id, await self._script(self._create, key_list, args))
             if status == b'exists':
                 return None
+            if status == b'limit':
+                raise SessionLimitReached(self._limits.max_sessions)
             if status == b'replay':
                 created_at, metadata = _bytes(rest[0]).split(b'\n', 1)
                 return _record(record.id, created_at, created_at, metadata, 0)
@@ -561,18 +573,34 @@ class RedisStore:
     ) -> Appended:
         keys = RedisKeys(self._prefix, tenant)
         key_list, args = self._session_call(keys, session_id, now, expected_version, idempotency)
+        limits = [self._max_messages, '1' if self._limits.reject_full else '0', self._limits.max_sessions]
         async with self._call():
-            call = self._script(self._append, key_list, [*args, self._max_messages, *bodies])
+            if self._cluster:
+                await self._check_room(keys, session_id)
+            call = self._script(self._append, key_list, [*args, *limits, *bodies])
             if self._cluster:
                 reply, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
             else:
                 reply = await call
         status, rest = _answer(session_id, reply)
+        if status == b'full':
+            raise SessionFull(session_id, self._max_messages)
+        if status == b'limit':
+            raise SessionLimitReached(self._limits.max_sessions)
         if status == b'replay':
             recorded_version, *stored = _bytes(rest[0]).split(b'\n')
             return Appended(stored, int(recorded_version))
         first = int(rest[0])
         return Appended([with_id(first + n, body) for n, body in enumerate(bodies)], int(rest[1]))
+
+    async def _check_room(self, keys: RedisKeys, session_id: str) -> None:
+        """Cluster only: the tenant's session limit, checked before a write that may create a session. The
+        tenant's index is in another slot than the session, so this check is not atomic with the write: near
+        the limit, concurrent creates can pass it together. (On a single Redis the scripts check it.)"""
+        if not self._limits.max_sessions or await self._client.exists(keys.meta(session_id)):
+            return
+        if await self._client.zcard(keys.sessions()) >= self._limits.max_sessions:
+            raise SessionLimitReached(self._limits.max_sessions)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
         keys = RedisKeys(self._prefix, tenant)

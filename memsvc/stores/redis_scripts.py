@@ -60,29 +60,34 @@ end
 """
 )
 
-# ARGV[8] = max messages (0 = all), ARGV[9..] = bodies from `encode_message`.
-# 'ok', first new id, new version. The recorded result: the version, then the stored messages, one a line.
+# ARGV[8] = max messages (0 = all), ARGV[9] = '1' to refuse an append past it ('full') instead of trimming,
+# ARGV[10] = max sessions of the tenant (0 = none; checked here on a single Redis), ARGV[11..] = bodies from
+# `encode_message`. 'ok', first new id, new version; or 'full', 'limit'. The recorded result: the version, then
+# the stored messages, one a line.
 APPEND = (
     SESSION
     + """
 local answer = recorded()
 if answer then return answer end
 local max = tonumber(ARGV[8])
+local count = #ARGV - 10
 local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
 answer = stale(state[3])
 if answer then return answer end
 local next_id, updated = tonumber(state[1]), now
 if next_id then
   updated = later(state[2], now)
+  if ARGV[9] == '1' and max > 0 and redis.call('LLEN', msgs) + count > max then return {'full'} end
 else
+  if ARGV[9] == '1' and max > 0 and count > max then return {'full'} end
+  if idx and tonumber(ARGV[10]) > 0 and redis.call('ZCARD', idx) >= tonumber(ARGV[10]) then return {'limit'} end
   next_id = 1
   redis.call('DEL', msgs)
   redis.call('HSET', meta, 'created_at', now, 'metadata', '{}', 'version', '0')
 end
-local count = #ARGV - 8
 local batch, stored = {}, {}
 for i = 1, count do
-  local message = '{"id":' .. string.format('%d', next_id + i - 1) .. ',' .. string.sub(ARGV[8 + i], 2)
+  local message = '{"id":' .. string.format('%d', next_id + i - 1) .. ',' .. string.sub(ARGV[10 + i], 2)
   batch[#batch + 1] = message
   if fingerprint ~= '' then stored[i] = message end
   if #batch == 1000 then redis.call('RPUSH', msgs, unpack(batch)); batch = {} end
@@ -97,14 +102,15 @@ return {'ok', next_id, version}
 """
 )
 
-# ARGV[8] = created_at, ARGV[9] = metadata, ARGV[10] = version.
-# 'ok' or 'exists'. The recorded result: created_at, then the metadata, on two lines.
+# ARGV[8] = created_at, ARGV[9] = metadata, ARGV[10] = version, ARGV[11] = max sessions of the tenant (0 = none).
+# 'ok', 'exists' or 'limit'. The recorded result: created_at, then the metadata, on two lines.
 CREATE = (
     SESSION
     + """
 local answer = recorded()
 if answer then return answer end
 if redis.call('EXISTS', meta) == 1 then return {'exists'} end
+if idx and tonumber(ARGV[11]) > 0 and redis.call('ZCARD', idx) >= tonumber(ARGV[11]) then return {'limit'} end
 redis.call('DEL', msgs)
 redis.call('HSET', meta, 'created_at', ARGV[8], 'updated_at', now, 'metadata', ARGV[9], 'next_id', '1',
            'version', ARGV[10])
