@@ -209,10 +209,9 @@ def _percentiles(samples: list[float]) -> str:
     return f'median {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms over {len(samples)}'
 
 
-async def _latency(settings: Settings, sizes: list[int], samples: int) -> None:
+async def _latency(settings: Settings, sizes: list[int], samples: int, loaded: int) -> None:
     rng = np.random.default_rng(1)
     tenant = 'bench'
-    loaded = 0
     async with open_store(settings) as store:
         for size in sorted(sizes):
             started = time.perf_counter()
@@ -249,18 +248,19 @@ async def _latency(settings: Settings, sizes: list[int], samples: int) -> None:
             print(f'  search one session, limit 5:           {_percentiles(scoped)}', flush=True)
 
 
-def latency(sizes: list[int], server: bool, path: Path | None, samples: int) -> None:
-    prefix = f'bench-{uuid.uuid4().hex[:8]}'
+def latency(sizes: list[int], server: bool, path: Path | None, samples: int, prefix: str | None, loaded: int) -> None:
+    prefix = prefix or f'bench-{uuid.uuid4().hex[:8]}'
+    print(f'key prefix {prefix}')
     if not server:
         directory = path or Path(tempfile.mkdtemp(prefix='memsvc-chroma-bench-'))
         print(f'embedded Chroma in {directory}')
         asyncio.run(_latency(Settings(memory_type='chroma', chroma_persist_directory=directory, key_prefix=prefix),
-                             sizes, samples))  # fmt: skip
+                             sizes, samples, loaded))  # fmt: skip
         return
     with _chroma_server(path) as port:
         print(f'Chroma server on 127.0.0.1:{port}')
         settings = Settings(memory_type='chroma', chroma_host='127.0.0.1', chroma_port=port, key_prefix=prefix)
-        asyncio.run(_latency(settings, sizes, samples))
+        asyncio.run(_latency(settings, sizes, samples, loaded))
 
 
 def _free_port() -> int:
@@ -455,6 +455,8 @@ def main() -> None:
     lat.add_argument('--server', action='store_true', help='against a `chroma run` server started here')
     lat.add_argument('--path', type=Path, help='data directory (default: a new temporary one)')
     lat.add_argument('--samples', type=int, default=50)
+    lat.add_argument('--prefix', help='the key prefix of an earlier run on the same --path, to measure again')
+    lat.add_argument('--loaded', type=int, default=0, help='how many messages that earlier run stored')
     commands.add_parser('install-size')
     commands.add_parser('rss')
     args = parser.parse_args()
@@ -462,7 +464,7 @@ def main() -> None:
         case 'agreement':
             agreement(args.reference)
         case 'latency':
-            latency(args.sizes, args.server, args.path, args.samples)
+            latency(args.sizes, args.server, args.path, args.samples, args.prefix, args.loaded)
         case 'install-size':
             install_size()
         case 'rss':

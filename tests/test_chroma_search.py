@@ -4,13 +4,18 @@ a large batch is embedded and stored."""
 import asyncio
 import gc
 import re
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
+from memsvc.app import create_app
 from tests.conformance import CheckedClient
+from tests.conftest import make_settings
 
 API = '/api/v1/chat'
 CHROMA_KINDS = ['chroma', 'chroma_server']
@@ -27,6 +32,18 @@ TOPICS = {
     'nature': ('We hiked up the mountain and camped beside a lake.', 'outdoor trekking trip in the wilderness'),
 }
 STOPWORDS = {'a', 'an', 'the', 'i', 'my', 'our', 'its', 'to', 'at', 'by', 'and', 'so', 'in', 'of', 'do', 'how', 'up'}
+
+
+def waited_for_cpu() -> float:
+    """Seconds this thread has been ready to run but waiting for a CPU (Linux schedstat; 0 where there is none).
+
+    The /healthz probe subtracts it: on a shared two-core machine other processes can keep the event loop's
+    thread off the CPU, which says nothing about whether the store blocks the loop (by holding the GIL or by
+    working on the loop's thread), and that is what the probe is about."""
+    try:
+        return int(Path(f'/proc/self/task/{threading.get_native_id()}/schedstat').read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def words(text: str) -> set[str]:
@@ -128,10 +145,15 @@ async def test_hits_carry_the_stored_message_byte_for_byte(client: CheckedClient
     assert b'"message":' + stored + b',"score":' in body
 
 
-async def test_healthz_answers_within_50_ms_while_a_large_batch_is_embedded(client: CheckedClient) -> None:
-    """The loop never blocks: Chroma calls and embedding run on the store's executor. Each probe is one real
-    round trip through the app; the batch takes seconds, so hundreds of probes overlap it."""
-    raw: TestClient[Any, Any] = client.raw
+async def test_healthz_answers_within_50_ms_while_a_large_batch_is_embedded(
+    store_kind: str, request: pytest.FixtureRequest, aiohttp_client: AiohttpClient
+) -> None:
+    """The loop never blocks: the embedding and server calls run on the store's threads, embedded Chroma in its
+    child process. Each probe is one real round trip through the app; the batch takes seconds, so hundreds of
+    probes overlap it. (The store deadline is raised: on two busy cores the batch may take longer than 10 s.)"""
+    raw: TestClient[Any, Any] = await aiohttp_client(
+        create_app(make_settings(store_kind, request, store_timeout_seconds=120))
+    )
     # ~550 characters (~130 tokens) each: long chat messages, and the batch takes seconds on two cores.
     long_text = ' '.join(f'word{n} about topic {n % 17}' for n in range(25))
     batch = [{'role': 'user', 'content': f'{n}: {long_text}'} for n in range(100)]
@@ -142,13 +164,14 @@ async def test_healthz_answers_within_50_ms_while_a_large_batch_is_embedded(clie
     gc.freeze()
     try:
         posting = asyncio.create_task(raw.post(f'{API}/sessions/big/messages', json=batch))
-        round_trips = []
+        round_trips, delays = [], []
         while not posting.done():
-            started = time.perf_counter()
+            started, waited = time.perf_counter(), waited_for_cpu()
             async with raw.get('/healthz') as reply:
                 assert reply.status == 200
                 await reply.read()
             round_trips.append(time.perf_counter() - started)
+            delays.append(round_trips[-1] - (waited_for_cpu() - waited))
             await asyncio.sleep(0.005)  # pacing only: a tight loop would pile up the test client's response objects
         reply = await posting
     finally:
@@ -156,6 +179,8 @@ async def test_healthz_answers_within_50_ms_while_a_large_batch_is_embedded(clie
     assert reply.status == 201
     assert len(await reply.json()) == 100
     assert len(round_trips) >= 20, 'the batch took long enough to probe the loop many times'
-    slowest = max(round_trips)
-    probes = len(round_trips)
-    assert slowest < 0.050, f'/healthz took {slowest * 1000:.1f} ms while the batch was stored ({probes} probes)'
+    slowest, blocked = max(round_trips), max(delays)
+    assert blocked < 0.050, (
+        f'/healthz took {blocked * 1000:.1f} ms besides waiting for a CPU ({slowest * 1000:.1f} ms in all) while '
+        f'the batch was stored ({len(round_trips)} probes)'
+    )

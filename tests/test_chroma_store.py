@@ -316,3 +316,26 @@ async def test_hung_server_is_503_within_the_timeout(
     finally:
         own_server.resume()
     assert (await client.get('/api/v1/chat/sessions/s/messages')).status == 200
+
+
+async def test_search_paths_agree_whatever_the_sizes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small tenant among a large one (the unfiltered over-fetch finds too few, the filtered query finds it), and a
+    session too large to score exactly (the filtered query) give the answers that the fast paths give."""
+    import memsvc.stores.chroma as chroma
+
+    crowd = [body(f'the weather forecast says rain on day {n}') for n in range(60)]
+    await store.append_messages('crowd', 'c', crowd, utc_now())
+    await store.append_messages(T, 'mine', [body('tomorrow will be sunny and warm'), body('buy milk')], utc_now())
+    await store.append_messages(T, 'mine', [body('the weather is lovely', role='assistant')], utc_now())
+    expected_all = await store.search(T, 'weather forecast', limit=2, session_id=None, role=None)
+    expected_session = await store.search(T, 'weather forecast', limit=3, session_id='mine', role='assistant')
+    assert [orjson.loads(h.message)['content'] for h in expected_session] == ['the weather is lovely']
+    monkeypatch.setattr(chroma, 'UNFILTERED_MAX', 20)
+    monkeypatch.setattr(chroma, 'EXACT_SEARCH_MAX', 2)
+    found_all = await store.search(T, 'weather forecast', limit=2, session_id=None, role=None)
+    assert [h.message for h in found_all] == [h.message for h in expected_all]
+    assert {h.session_id for h in found_all} == {'mine'}
+    found_session = await store.search(T, 'weather forecast', limit=3, session_id='mine', role='assistant')
+    assert [h.message for h in found_session] == [h.message for h in expected_session]
+    for fast, filtered in zip(expected_all + expected_session, found_all + found_session, strict=True):
+        assert abs(fast.score - filtered.score) < 1e-3

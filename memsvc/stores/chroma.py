@@ -49,12 +49,17 @@ server that lost its collections gets them created again, and a dead child is re
 """
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import heapq
 import multiprocessing
+import os
 import re
+import sys
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -92,6 +97,10 @@ T = TypeVar('T')
 
 IDS_PER_CALL = 1000
 """Most ids (or records) in one Chroma call: well below Chroma's batch limit and its 5,461-element bounds."""
+EXACT_SEARCH_MAX = 2000
+"""A session with at most this many messages is searched exactly, from its own vectors (fetched by id)."""
+UNFILTERED_MAX = 640
+"""The most neighbours a search of all sessions asks the index for before it falls back to a filtered query."""
 SEARCH_MARGIN = 10
 """Extra hits fetched per search, to make up for hits dropped as outside a live session."""
 
@@ -200,6 +209,19 @@ def _chroma_settings() -> ChromaSettings:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
+BACKGROUND_NICE = 10
+"""How much lower than the event loop the store's threads and child process run: on two busy cores, embedding a
+large batch then slows down instead of the requests around it."""
+
+
+def background_thread() -> None:
+    """ThreadPoolExecutor initializer for the store's threads. On Linux a thread has a nice value of its own; where
+    it has not (other systems renice the whole process), nothing changes."""
+    if sys.platform == 'linux':
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
 # --- the child process of embedded Chroma (this state exists only there) ---------------------
 
 _child: dict[str, Any] = {}
@@ -207,6 +229,8 @@ _child: dict[str, Any] = {}
 
 def _child_open(path: str | None) -> None:
     """ProcessPoolExecutor initializer: the child's one client, persistent at `path` or ephemeral."""
+    with contextlib.suppress(OSError):
+        os.nice(BACKGROUND_NICE)
     if path is None:
         _child['client'] = chromadb.EphemeralClient(settings=_chroma_settings())
     else:
@@ -450,7 +474,11 @@ class ChromaStore:
                 else:
                     self._locks[key] = (held, users - 1)
 
-        task = asyncio.ensure_future(locked())
+        return await self._shielded(locked())
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await `work` as a task that a cancellation of the caller does not stop."""
+        task = asyncio.ensure_future(work)
         self._writing.add(task)
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)
@@ -663,13 +691,19 @@ class ChromaStore:
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
     ) -> Appended:
-        """Embeds first (the slow part, outside the session's lock), then writes the messages and the session."""
-        contents = [orjson.loads(body)['content'] for body in bodies]
-        vectors = await self._run(self._embedder.embed, contents)
-        work = functools.partial(
-            self._append_messages, tenant, session_id, bodies, vectors, now, expected_version, idempotency
-        )
-        return await self._serialized(tenant, session_id, work)
+        """Embeds first (the slow part, outside the session's lock), then writes the messages and the session. Once
+        started it runs to its end even if the request is cancelled (a deadline, a client gone): the embedding is
+        not wasted, and a retry with the same Idempotency-Key finds the result."""
+
+        async def embed_then_write() -> Appended:
+            contents = [orjson.loads(body)['content'] for body in bodies]
+            vectors = await self._run(self._embedder.embed, contents)
+            work = functools.partial(
+                self._append_messages, tenant, session_id, bodies, vectors, now, expected_version, idempotency
+            )
+            return await self._serialized(tenant, session_id, work)
+
+        return await self._shielded(embed_then_write())
 
     async def _append_messages(
         self,
@@ -794,31 +828,84 @@ class ChromaStore:
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
     ) -> list[SearchHit]:
-        """Best first; `score` is 1 - cosine distance (1 = the same direction). An unknown `session_id` raises
-        `SessionNotFound`, so that searching a session that does not exist is a 404 like every other session route."""
+        """Best first; `score` is the cosine similarity (1 - cosine distance; 1 = the same direction). An unknown
+        `session_id` raises `SessionNotFound`, so that searching a session that does not exist is a 404 like every
+        other session route.
+
+        Chroma's metadata filters are slow on a large collection (measured at 100,000 messages: 3.5 ms for a plain
+        query, 560 ms with a tenant filter, 290 ms with a session filter), so neither path uses one when it can
+        help it: a session of up to `EXACT_SEARCH_MAX` messages is scored exactly from its own vectors, fetched by
+        id; a search of all sessions asks the index for more neighbours than needed and keeps the tenant's, and
+        only falls back to a filtered query when that finds too few (a small tenant among large ones)."""
+        session = None
+        if session_id is not None:
+            session = await self._read(tenant, session_id)
+            if session is None:
+                raise SessionNotFound(session_id)
+        [vector] = await self._run(self._embedder.embed, [query])
+        if session is not None and session.next_id - session.first_id <= EXACT_SEARCH_MAX:
+            return await self._search_session(tenant, session, vector, limit, role)
+        want = limit + SEARCH_MARGIN
+        while session is None and want <= UNFILTERED_MAX:
+            hits, exhausted = await self._query(tenant, vector, want, None, role, limit)
+            if len(hits) >= limit or exhausted:
+                return hits
+            want *= 4
         clauses: list[dict[str, Any]] = [{'tenant': tenant}]
         if session_id is not None:
-            if await self._read(tenant, session_id) is None:
-                raise SessionNotFound(session_id)
             clauses.append({'session_id': session_id})
         if role is not None:
             clauses.append({'role': role})
-        vector = await self._run(self._embedder.embed, [query])
+        hits, _ = await self._query(tenant, vector, limit + SEARCH_MARGIN, _where(*clauses), role, limit)
+        return hits
+
+    async def _search_session(
+        self, tenant: str, session: _Session, vector: 'Vectors', limit: int, role: str | None
+    ) -> list[SearchHit]:
+        """Exact: every message of the session scored against `vector` (all vectors are unit length)."""
+        sid = session.record.id
+        ids = [self._message_id(tenant, sid, seq) for seq in range(session.first_id, session.next_id)]
+        scored: list[tuple[float, int, Any, str | None]] = []
+        for chunk in _chunks(ids):
+            found = await self._call(
+                'messages', 'get', ids=list(chunk), include=['embeddings', 'metadatas', 'documents']
+            )
+            embeddings = found['embeddings']
+            if embeddings is None or len(embeddings) == 0:
+                continue
+            scores = np.asarray(embeddings, dtype=np.float32) @ vector
+            for score, meta, document in zip(scores, found['metadatas'] or [], found['documents'] or [], strict=True):
+                if role is None or meta['role'] == role:
+                    scored.append((float(score), _int(meta['seq']), meta, document))
+        best = heapq.nlargest(limit, scored, key=lambda row: (row[0], row[1]))
+        return [SearchHit(sid, _join_message(seq, meta, document), score) for score, seq, meta, document in best]
+
+    async def _query(
+        self, tenant: str, vector: 'Vectors', want: int, where: dict[str, Any] | None, role: str | None, limit: int
+    ) -> tuple[list[SearchHit], bool]:
+        """The index's `want` nearest neighbours (within `where`), keeping only this tenant's live messages of
+        `role`; and whether the index had no more to give."""
         found = await self._call(
             'messages',
             'query',
-            query_embeddings=vector,
-            n_results=limit + SEARCH_MARGIN,
-            where=_where(*clauses),
+            query_embeddings=vector[None, :],
+            n_results=want,
+            where=where,
             include=['metadatas', 'documents', 'distances'],
         )
         metas = (found['metadatas'] or [[]])[0]
         documents = (found['documents'] or [[]])[0]
         distances = (found['distances'] or [[]])[0]
-        if not metas:
-            return []
+        exhausted = len(metas) < want
+        mine = [
+            (meta, document, distance)
+            for meta, document, distance in zip(metas, documents, distances, strict=True)
+            if meta['tenant'] == tenant and (role is None or meta['role'] == role)
+        ]
+        if not mine:
+            return [], exhausted
         # Only hits inside a live session's range: never a ghost of an interrupted delete or clear.
-        live_ids = sorted({str(meta['session_id']) for meta in metas})
+        live_ids = sorted({str(meta['session_id']) for meta, _, _ in mine})
         records = await self._call(
             'sessions', 'get', ids=[self._session_id(tenant, sid) for sid in live_ids], include=['metadatas']
         )
@@ -827,12 +914,12 @@ class ChromaStore:
             for session in map(_Session.from_metadata, records['metadatas'] or [])
         }
         hits = []
-        for meta, document, distance in zip(metas, documents, distances, strict=True):
+        for meta, document, distance in mine:
             sid, seq = str(meta['session_id']), _int(meta['seq'])
             first, end = ranges.get(sid, (0, 0))
             if first <= seq < end:
                 hits.append(SearchHit(sid, _join_message(seq, meta, document), 1.0 - float(distance)))
-        return hits[:limit]
+        return hits[:limit], exhausted
 
 
 async def open_chroma(settings: Settings, executor: ThreadPoolExecutor) -> tuple[Backend, 'Embedder']:
