@@ -100,7 +100,10 @@ async def drive(urls: list[str], seconds: float, sessions: int, concurrency: int
     seen = Seen()
     deadline = time.monotonic() + seconds
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    # Idle client connections go after 1 s, as behind a load balancer: one kept from before a replica's
+    # restart would fail on its next use, an artefact of this driver rather than an answer of memsvc.
+    connector = aiohttp.TCPConnector(keepalive_timeout=1.0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
 
         async def gateway(worker: int) -> None:
             rng = random.Random(worker)
@@ -125,6 +128,7 @@ class Report:
     statuses: dict[str, int]
     statuses_outside_faults: dict[str, int]
     errors: dict[str, int]
+    errors_after_faults_seconds: list[float]
     replica_exit_status: int
     latency_ms: dict[str, dict[str, float]]
 
@@ -240,11 +244,15 @@ def run(seconds: float, workdir: Path, sessions: int = 50, concurrency: int = 32
 
     phases: dict[str, list[float]] = {'steady': [], **{name: [] for name in faults}}
     outside: Counter[str] = Counter()
+    late: list[float] = []  # for each error outside the faults: seconds since the last fault ended
     for moment, took, status in seen['requests']:
         phase = in_fault(moment)
         phases[phase or 'steady'].append(took)
         if phase is None:
             outside[status] += 1
+            if not status.endswith(('200', '201', '404')):
+                ended = [b for _, b in faults.values() if b <= moment]
+                late.append(round(moment - max(ended), 2) if ended else -1.0)
     return Report(
         acknowledged=len(acked),
         lost=lost,
@@ -253,6 +261,7 @@ def run(seconds: float, workdir: Path, sessions: int = 50, concurrency: int = 32
         statuses=dict(seen['statuses']),
         statuses_outside_faults=dict(outside),
         errors=dict(seen['errors']),
+        errors_after_faults_seconds=sorted(late),
         replica_exit_status=replica_exit_status,
         latency_ms={name: _percentiles(values) for name, values in phases.items()},
     )
