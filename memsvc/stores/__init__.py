@@ -34,14 +34,12 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
                 await client.aclose()
         case 'chroma':
             try:
-                from memsvc.stores.chroma import ChromaStore, background_thread, open_chroma
+                from memsvc.stores.chroma import ChromaStore, open_chroma
             except ImportError as exc:
                 raise NotSupported(
                     f'MEMORY_TYPE=chroma needs the chroma extra: pip install "memsvc[chroma]" ({exc})'
                 ) from None
-            executor = ThreadPoolExecutor(
-                settings.chroma_threads, thread_name_prefix='memsvc-chroma', initializer=background_thread
-            )
+            executor = ThreadPoolExecutor(settings.chroma_threads, thread_name_prefix='memsvc-chroma')
             try:
                 backend, embedder = await open_chroma(settings, executor)
                 try:

@@ -49,15 +49,11 @@ server that lost its collections gets them created again, and a dead child is re
 """
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import heapq
 import multiprocessing
-import os
 import re
-import sys
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -209,28 +205,14 @@ def _chroma_settings() -> ChromaSettings:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-BACKGROUND_NICE = 10
-"""How much lower than the event loop the store's threads and child process run: on two busy cores, embedding a
-large batch then slows down instead of the requests around it."""
-
-
-def background_thread() -> None:
-    """ThreadPoolExecutor initializer for the store's threads. On Linux a thread has a nice value of its own; where
-    it has not (other systems renice the whole process), nothing changes."""
-    if sys.platform == 'linux':
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-
-
 # --- the child process of embedded Chroma (this state exists only there) ---------------------
 
 _child: dict[str, Any] = {}
 
 
 def _child_open(path: str | None) -> None:
-    """ProcessPoolExecutor initializer: the child's one client, persistent at `path` or ephemeral."""
-    with contextlib.suppress(OSError):
-        os.nice(BACKGROUND_NICE)
+    """ProcessPoolExecutor initializer: the child's one client, persistent at `path` or ephemeral. (The child keeps
+    its normal priority: every read and write of the store waits on it.)"""
     if path is None:
         _child['client'] = chromadb.EphemeralClient(settings=_chroma_settings())
     else:
