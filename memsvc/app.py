@@ -21,9 +21,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store at start (failing there when the backend is down) and close it at the end."""
     settings = app[SETTINGS]
     async with open_store(settings) as store:
-        # The in-memory store never waits, so it needs no deadline (see InstrumentedStore).
-        timeout = None if settings.memory_type == 'in_memory' else settings.store_timeout_seconds
-        instrumented = InstrumentedStore(store, app[METRICS], timeout)
+        instrumented = InstrumentedStore(store, app[METRICS], settings.store_deadline())
         app[MANAGER] = AsyncMemoryManager(instrumented, settings)
         yield
 

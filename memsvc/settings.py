@@ -58,7 +58,9 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = 'INFO'
     log_format: Literal['text', 'json'] = 'text'
-    store_timeout_seconds: float = Field(10.0, gt=0, le=600, description='longest a store operation may take, then 503')
+    store_timeout_seconds: float | None = Field(
+        None, gt=0, le=600, description='longest a store operation may take, then 503; unset: 10 s, 60 s on Chroma'
+    )
     access_log: bool = False
     shutdown_timeout: float = Field(30.0, gt=0, description='seconds to finish in-flight requests on SIGTERM')
 
@@ -76,6 +78,15 @@ class Settings(BaseSettings):
             raise ValueError(f'{given[1]}: set only one of MEMSVC_API_KEY, MEMSVC_API_KEYS, MEMSVC_API_KEYS_FILE')
         self.tenant_keys()  # a malformed list stops the start here, naming the variable
         return self
+
+    def store_deadline(self) -> float | None:
+        """The deadline of one store operation: none in memory (nothing there waits); on Chroma, whose appends
+        include computing the embeddings (5-13 s for a batch of 100 long messages on two cores), 60 s."""
+        if self.memory_type == 'in_memory':
+            return None
+        if self.store_timeout_seconds is not None:
+            return self.store_timeout_seconds
+        return 60.0 if self.memory_type == 'chroma' else 10.0
 
     def tenant_keys(self) -> dict[str, str] | None:
         """{tenant: key}, or None without authentication. `MEMSVC_API_KEY` is one key of the default tenant."""
