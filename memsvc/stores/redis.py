@@ -30,9 +30,9 @@ than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute 
 last write.
 
 Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
-a page of the listing 2 (index, then one pipeline of the sessions; +1 when it removes dead entries);
-PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeout becomes
-`BackendUnavailable` here (503), never "not found".
+a page of the listing 2 (index, then one script reading the sessions, on Cluster one pipeline; +1 when it
+removes dead entries); PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeout
+becomes `BackendUnavailable` here (503), never "not found".
 """
 
 import asyncio
@@ -353,6 +353,7 @@ class RedisStore:
         self._clear, self._delete, self._touch_index = script(lua.CLEAR), script(lua.DELETE), script(lua.TOUCH_INDEX)
         self._remove_stale = script(lua.REMOVE_STALE)
         self._get_session, self._get_messages = script(lua.GET_SESSION), script(lua.GET_MESSAGES)
+        self._read_many_script = script(lua.READ_MANY)
         self._coalescer = Coalescer(client, settings.redis_socket_timeout) if isinstance(client, Redis) else None
 
     async def open(self, url: str) -> None:
@@ -499,13 +500,20 @@ class RedisStore:
     async def _read_many(
         self, keys: RedisKeys, session_ids: Sequence[str], with_messages: bool
     ) -> list[StoredSession | None]:
-        """The sessions in one pipeline (one round trip per node involved); None for the ones that are gone."""
-        pipe = self._client.pipeline(transaction=False)
-        for sid in session_ids:
-            pipe.hmget(keys.meta(sid), _META_FIELDS)
-            if with_messages:
-                pipe.lrange(keys.msgs(sid), 0, -1)
-        replies = await pipe.execute()
+        """The sessions in one script on a single Redis (one command: a pipeline of 20 HMGETs cost ~400 µs of
+        CPU in redis-py), in one pipeline on Cluster (one round trip per node); None for the ones that are gone."""
+        replies: list[Any]
+        if not self._cluster:
+            metas = [keys.meta(sid) for sid in session_ids]
+            key_list = metas + [keys.msgs(sid) for sid in session_ids] if with_messages else metas
+            replies = await self._script(self._read_many_script, key_list, ['1' if with_messages else '0'])
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.hmget(keys.meta(sid), _META_FIELDS)
+                if with_messages:
+                    pipe.lrange(keys.msgs(sid), 0, -1)
+            replies = await pipe.execute()
         step = 2 if with_messages else 1
         out: list[StoredSession | None] = []
         for n, sid in enumerate(session_ids):
