@@ -1,14 +1,15 @@
 """The application factory."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import KEYRING, MANAGER, METRICS, OPENAPI_JSON, SETTINGS
+from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
 from memsvc.manager import AsyncMemoryManager
-from memsvc.metrics import Metrics
+from memsvc.metrics import FLUSH_SECONDS, Metrics
 from memsvc.middlewares import request_context
 from memsvc.openapi import build_openapi
 from memsvc.routes import routes
@@ -26,21 +27,37 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Add the metrics tallied in this process to the shared ones once a second, and once more at the end."""
+    metrics = app[METRICS]
+
+    async def flush_every_second() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            metrics.flush()
+
+    task = asyncio.create_task(flush_every_second())
+    yield
+    task.cancel()
+    metrics.flush()
+
+
 MAX_LINE_BYTES = 32 * 1024
 """Longest request line and header: a search text of 2,000 characters percent-encoded fits (aiohttp's
 default of 8,190 bytes would answer such requests with a plain-text 400 before any middleware runs)."""
 
 
 def create_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[request_context],
+        middlewares=[request_context(Keyring.from_settings(settings), metrics)],
         client_max_size=settings.max_body_bytes,
         handler_args={'max_line_size': MAX_LINE_BYTES, 'max_field_size': MAX_LINE_BYTES},
     )
     app[SETTINGS] = settings
-    app[KEYRING] = Keyring.from_settings(settings)
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
+    app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.add_routes(routes)
     return app

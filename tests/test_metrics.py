@@ -49,8 +49,17 @@ async def test_requests_are_counted_by_route_template_method_and_status(client: 
     assert counts[(f'{API}/sessions/{{session_id}}/messages', 'GET', '200')] == 1
     assert counts[(f'{API}/sessions/{{session_id}}', 'GET', '404')] == 1
     assert counts[('(unmatched)', 'GET', '404')] == 1
-    latency = samples(text, 'memsvc_request_duration_seconds_count')
-    assert latency[(('method', 'POST'), ('route', f'{API}/sessions/{{session_id}}/messages'))] == 3
+    post = (('method', 'POST'), ('route', f'{API}/sessions/{{session_id}}/messages'))
+    assert samples(text, 'memsvc_request_duration_seconds_count')[post] == 3
+    assert 0 < samples(text, 'memsvc_request_duration_seconds_sum')[post] < 3 * 10
+    buckets = sorted(
+        (float(dict(key)['le']), value)
+        for key, value in samples(text, 'memsvc_request_duration_seconds_bucket').items()
+        if dict(key)['method'] == 'POST' and dict(key)['route'] == f'{API}/sessions/{{session_id}}/messages'
+    )
+    cumulative = [value for _, value in buckets]
+    assert cumulative == sorted(cumulative)
+    assert buckets[-1] == (float('inf'), 3)
     store = samples(text, 'memsvc_store_operation_duration_seconds_count')
     assert store[(('operation', 'append_messages'),)] == 3
     assert store[(('operation', 'get_messages'),)] == 1
@@ -82,3 +91,28 @@ def test_metrics_route_is_open_without_an_api_key(settings: Any) -> None:
     from memsvc.openapi import build_openapi
 
     assert build_openapi(settings)['paths']['/metrics']['get']['security'] == []
+
+
+def test_tallied_observations_are_exposed_as_prometheus_client_would_have_observed_them() -> None:
+    """Requests are tallied and added in batches; the exposed histogram must equal one `observe` per request."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from memsvc.metrics import LATENCY_BUCKETS, Metrics
+
+    durations = [0.0001, 0.0005, 0.0006, 0.003, 0.003, 2.0, 10.0, 11.0]
+    metrics = Metrics()
+    registry = CollectorRegistry()
+    name = 'memsvc_request_duration_seconds'
+    reference = Histogram(name, '', ['route', 'method'], buckets=LATENCY_BUCKETS, registry=registry)
+    for seconds in durations[:4]:
+        metrics.observe_request('/r', 'GET', 200, seconds)
+        reference.labels('/r', 'GET').observe(seconds)
+    metrics.flush()
+    for seconds in durations[4:]:
+        metrics.observe_request('/r', 'GET', 404 if seconds > 5 else 200, seconds)
+        reference.labels('/r', 'GET').observe(seconds)
+    text = metrics.render().decode()
+    expected = generate_latest(registry).decode()
+    for suffix in ('_bucket', '_count', '_sum'):
+        assert samples(text, name + suffix) == pytest.approx(samples(expected, name + suffix)), suffix
+    assert request_counts(text) == {('/r', 'GET', '200'): 6, ('/r', 'GET', '404'): 2}
