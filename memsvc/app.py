@@ -8,9 +8,9 @@ from aiohttp import web
 
 from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
+from memsvc.endpoint import endpoints
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import FLUSH_SECONDS, Metrics
-from memsvc.middlewares import request_context
 from memsvc.openapi import build_openapi
 from memsvc.routes import routes
 from memsvc.settings import Settings
@@ -50,7 +50,6 @@ default of 8,190 bytes would answer such requests with a plain-text 400 before a
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(
-        middlewares=[request_context(Keyring.from_settings(settings), metrics)],
         client_max_size=settings.max_body_bytes,
         handler_args={'max_line_size': MAX_LINE_BYTES, 'max_field_size': MAX_LINE_BYTES},
     )
@@ -59,5 +58,5 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
-    app.add_routes(routes)
+    app.add_routes(endpoints(routes, Keyring.from_settings(settings), metrics))
     return app

@@ -1,4 +1,4 @@
-"""Domain errors. Nothing here knows about HTTP; `middlewares.py` maps each class to a status."""
+"""Domain errors. Nothing here knows about HTTP; `endpoint.py` maps each class to a status."""
 
 
 class MemsvcError(Exception):

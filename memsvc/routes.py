@@ -10,9 +10,9 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
+from memsvc.endpoint import ApiError
 from memsvc.errors import BackendUnavailable
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from memsvc.middlewares import ApiError
 from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, require_session_id
 from memsvc.stores.base import ANY_VERSION, MessageRange
 

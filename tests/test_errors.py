@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from memsvc.logs import configure_logging
+from memsvc.manager import AsyncMemoryManager
 from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
 
@@ -202,17 +202,16 @@ def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[d
 
 
 async def test_unexpected_error_is_500_without_stack_trace_and_logged_with_request_id(
-    aiohttp_client: AiohttpClient, json_logs: Callable[[], list[dict[str, Any]]]
+    aiohttp_client: AiohttpClient, json_logs: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     json_logs()
-    app = create_app(Settings())
 
-    async def broken(request: web.Request) -> web.Response:
+    async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError('secret internal detail /srv/memsvc/stores/x.py line 42')
 
-    app.router.add_get('/api/v1/broken', broken)
-    client: TestClient[Any, Any] = await aiohttp_client(app)
-    async with client.get('/api/v1/broken', headers={'X-Request-ID': 'boom-1'}) as response:
+    monkeypatch.setattr(AsyncMemoryManager, 'get_session', broken)
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(Settings()))
+    async with client.get('/api/v1/chat/sessions/s', headers={'X-Request-ID': 'boom-1'}) as response:
         assert response.status == 500
         assert response.content_type == 'application/json'
         assert response.headers['X-Request-ID'] == 'boom-1'

@@ -1,5 +1,12 @@
-"""The request middleware: request ids, tenants from API keys, metrics, and the one map from errors to JSON
-error responses."""
+"""What every request goes through around its route handler: an id (the client's `X-Request-ID` when it
+is sane, also in every log line), its tenant from the API key, its place in the metrics, and the one map
+from errors to JSON error responses.
+
+`endpoints()` wraps each handler of the route table when the app is built, rather than being an aiohttp
+middleware: aiohttp runs a middleware through a partial and a second coroutine that sets the request's
+current app, ~13k instructions per request (callgrind), 4 % of an in-memory append. A request that
+matches no route reaches `unmatched`, the last route, which answers 404 or 405 in the same JSON.
+"""
 
 import logging
 import random
@@ -8,7 +15,7 @@ import time
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from memsvc.appkeys import TENANT
 from memsvc.auth import DEFAULT_TENANT, Keyring
@@ -44,7 +51,9 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
 }
 RETRY_AFTER_SECONDS = '1'
 
-_HTTP_CODES = {400: 'bad_request', 404: 'not_found', 405: 'method_not_allowed', 413: 'body_too_large'}
+_HTTP_CODES = {400: 'bad_request', 413: 'body_too_large'}
+UNMATCHED = '(unmatched)'
+"""The route label, in the metrics, of requests that match no route."""
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
 
 
@@ -68,13 +77,19 @@ def _status_for(exc: MemsvcError) -> int:
     return 500
 
 
-def request_context(keyring: Keyring | None, metrics: Metrics) -> Middleware:
-    """The one middleware: it gives every request an id (the client's `X-Request-ID` when it is sane, also
-    in every log line) and its tenant, every failure a JSON body, and every answer its place in the metrics.
-    (One layer, not one per concern: each middleware layer costs ~1.5 µs per request.)"""
+def endpoints(routes: web.RouteTableDef, keyring: Keyring | None, metrics: Metrics) -> list[web.RouteDef]:
+    """The routes with their handlers wrapped, and `unmatched` last, for `app.add_routes`."""
+    wrapped = []
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        label = web.DynamicResource(route.path).canonical if '{' in route.path else route.path
+        wrapped.append(web.RouteDef(route.method, route.path, _wrap(route.handler, label, keyring, metrics), {}))
+    wrapped.append(web.RouteDef('*', '/{path:.*}', _wrap(unmatched, UNMATCHED, keyring, metrics), {}))
+    return wrapped
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+
+def _wrap(handler: Handler, route: str, keyring: Keyring | None, metrics: Metrics) -> Handler:
+    async def endpoint(request: web.Request) -> web.StreamResponse:
         given = request.headers.get('X-Request-ID')
         request_id = given if given is not None and _REQUEST_ID.fullmatch(given) else _new_request_id()
         CURRENT_REQUEST_ID.set(request_id)
@@ -88,12 +103,23 @@ def request_context(keyring: Keyring | None, metrics: Metrics) -> Middleware:
         finally:
             metrics.in_flight -= 1
         response.headers['X-Request-ID'] = request_id
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else '(unmatched)'
         metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
         return response
 
-    return middleware
+    return endpoint
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """404, or 405 with `Allow` when another route serves this path with other methods."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        methods = ','.join(sorted(allowed))
+        message = f'{request.method} is not allowed on {request.path}; allowed: {methods}'
+        raise ApiError(405, 'method_not_allowed', message, {'Allow': methods})
+    raise ApiError(404, 'not_found', f'no route for {request.path}')
 
 
 def _new_request_id() -> str:
@@ -119,21 +145,12 @@ def _error_response(request: web.Request, exc: Exception, request_id: str) -> we
         if exc.status < 400:
             raise exc
         code = _HTTP_CODES.get(exc.status, exc.reason.lower().replace(' ', '_').replace('-', '_'))
-        headers = {'Allow': exc.headers['Allow']} if 'Allow' in exc.headers else None
-        message = exc.text if exc.text and not exc.text.startswith(f'{exc.status}:') else _default_message(request, exc)
-        return error_response(exc.status, code, message, headers)
+        message = exc.text if exc.text and not exc.text.startswith(f'{exc.status}:') else exc.reason
+        return error_response(exc.status, code, message)
     log.error('unhandled error in %s %s', request.method, request.path, exc_info=exc)
     return error_response(
         500, 'internal_error', f'the server failed to handle this request; quote request id {request_id}'
     )
-
-
-def _default_message(request: web.Request, exc: web.HTTPException) -> str:
-    if exc.status == 404:
-        return f'no route for {request.path}'
-    if exc.status == 405:
-        return f'{request.method} is not allowed on {request.path}; allowed: {exc.headers.get("Allow", "")}'
-    return exc.reason
 
 
 def _tenant(request: web.Request, keyring: Keyring) -> str:
