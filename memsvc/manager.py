@@ -148,18 +148,19 @@ class AsyncMemoryManager:
         now = utc_now()
         bodies = []
         for index, message in enumerate(messages):
-            at = f'[{index}].' if batch else ''
-            if len(message.content) > self._max_content:
+            if len(message['content']) > self._max_content:
                 raise InvalidInput(
-                    f'{at}content', f'at most {self._max_content} characters, got {len(message.content)}'
+                    f'[{index}].content' if batch else 'content',
+                    f'at most {self._max_content} characters, got {len(message["content"])}',
                 )
-            if message.metadata is not None:
-                self._check_metadata(message.metadata, f'{at}metadata')
+            metadata = message.get('metadata')
+            if metadata is not None:
+                self._check_metadata(metadata, f'[{index}].metadata' if batch else 'metadata')
             bodies.append(encode_message(message, now, f'[{index}]' if batch else 'body'))
 
         def asked() -> Any:
-            dumped = [message.model_dump(exclude_none=True) for message in messages]
-            return dumped if batch else dumped[0]
+            sent = [{key: value for key, value in message.items() if value is not None} for message in messages]
+            return sent if batch else sent[0]
 
         idempotency = self._idempotency(idempotency_key, 'append', session_id, asked)
         return await self.store.append_messages(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
@@ -32,7 +32,9 @@ CHROMA_KINDS = ['chroma', 'chroma_server']
 
 
 def body(content: str, role: str = 'user', **fields: Any) -> bytes:
-    return encode_message(NewMessage.model_validate({'role': role, 'content': content, **fields}), utc_now())
+    return encode_message(
+        TypeAdapter(NewMessage).validate_python({'role': role, 'content': content, **fields}), utc_now()
+    )
 
 
 def contents(messages: list[bytes] | None) -> list[str]:
