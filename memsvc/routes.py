@@ -74,7 +74,7 @@ async def _body(request: web.Request, *, optional: bool = False) -> bytes | None
         if optional:
             return None
         raise ApiError(400, 'malformed_json', 'the request needs a JSON body')
-    if not _JSON_TYPE.fullmatch(request.content_type):
+    if request.headers.get('Content-Type') != 'application/json' and not _JSON_TYPE.fullmatch(request.content_type):
         raise ApiError(415, 'unsupported_media_type', 'send the body as JSON with "Content-Type: application/json"')
     return raw
 
