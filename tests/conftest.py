@@ -35,8 +35,14 @@ def key_prefix_for(request: pytest.FixtureRequest) -> str:
 
 def make_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
     """Settings for a store of `kind`, pointing at the servers this test session started. Within one
-    test, every call for a Redis kind uses the same key prefix, so two apps built from them share data."""
+    test, every call for a Redis kind uses the same key prefix, so two apps built from them share data.
+
+    Redis client timeouts are generous here (the defaults of 0.5 s to connect or to get a pooled
+    connection failed tests on a loaded CI machine that were not about timeouts); the outage tests
+    build their settings with the production defaults."""
     values: dict[str, Any] = {'memory_type': kind}
+    if kind in ('redis', 'redis_cluster'):
+        values.update(redis_connect_timeout=5, redis_pool_timeout=5, redis_socket_timeout=10)
     if kind == 'redis':
         server: RedisServer = request.getfixturevalue('redis_server')
         values.update(redis_url=server.url, key_prefix=key_prefix_for(request))
