@@ -46,6 +46,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from hiredis import pack_command
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -153,7 +154,9 @@ _CLIENT_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def _translated(exc: BaseException) -> BackendUnavailable:
-    return BackendUnavailable(f'Redis did not answer ({type(exc).__name__}); retry shortly')
+    error = BackendUnavailable(f'Redis did not answer ({type(exc).__name__}); retry shortly')
+    error.__cause__ = exc
+    return error
 
 
 @contextlib.contextmanager
@@ -231,6 +234,10 @@ def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, ve
     )
 
 
+Entry = tuple[bytes, asyncio.Future[Any], AsyncScript, Sequence[str], Sequence[Any]]
+"""A queued script call: its packed EVALSHA, its caller's future, and what a reload after NOSCRIPT needs."""
+
+
 class Coalescer:
     """Sends the script calls of concurrent requests as one pipeline per event-loop iteration.
 
@@ -245,13 +252,17 @@ class Coalescer:
     The batch is written and read on the connection directly rather than through redis-py's Pipeline:
     hiredis packs the commands (0.7 µs a command, redis-py's packer 6 µs) and the replies are read under
     one deadline for the batch (`socket_timeout`), not one libuv timer per reply. 19.5 -> 9.5 µs of CPU
-    per command in batches of 32.
+    per command in batches of 32. Replies already received are taken from the connection's hiredis reader
+    directly; redis-py's `read_response` (four coroutines and its checks per reply) is called only to read
+    more from the socket: 16k fewer instructions per append, 10k per get-last-20.
+
+    Callers get the client's errors already translated (`BackendUnavailable`), as `RedisStore._call` does.
     """
 
     def __init__(self, client: Redis, read_timeout: float) -> None:
-        self._client = client
+        self._pool = client.connection_pool
         self._read_timeout = read_timeout
-        self._queue: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._queue: list[Entry] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
     def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
@@ -259,7 +270,8 @@ class Coalescer:
         if not self._queue:
             loop.call_soon(self._flush)
         future = loop.create_future()
-        self._queue.append((script, keys, args, future))
+        packed = pack_command((b'EVALSHA', script.sha, len(keys), *keys, *args))
+        self._queue.append((packed, future, script, keys, args))
         return future
 
     def _flush(self) -> None:
@@ -268,54 +280,59 @@ class Coalescer:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> None:
-        pool = self._client.connection_pool
+    async def _send(self, batch: list[Entry]) -> None:
+        pool = self._pool
         try:
             connection = await pool.get_connection()
         except BaseException as exc:  # no connection within the pool timeout, or Redis is down
-            _fail(batch, exc)
+            await self._fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         try:
-            commands = [
-                pack_command(('EVALSHA', script.sha, len(keys), *keys, *args)) for script, keys, args, _ in batch
-            ]
-            await connection.send_packed_command(b''.join(commands))
+            await connection.send_packed_command(b''.join([entry[0] for entry in batch]))
+            parser = getattr(connection, '_parser', None)
+            reader = parser._reader if isinstance(parser, _AsyncHiredisParser) else None
             async with asyncio.timeout(self._read_timeout):
-                for script, keys, args, future in batch:
-                    try:
-                        reply = await connection.read_response(timeout=math.inf)  # the batch has the deadline
-                    except ResponseError as exc:
-                        reply = exc
-                    self._settle(future, script, keys, args, reply)
+                for entry in batch:
+                    reply = NOT_ENOUGH_DATA if reader is None else reader.gets()
+                    if reply is NOT_ENOUGH_DATA:
+                        try:
+                            reply = await connection.read_response(timeout=math.inf)  # the batch has the deadline
+                        except ResponseError as exc:
+                            reply = exc
+                    elif isinstance(reply, RedisConnectionError):  # as read_response: "LOADING", "MASTERDOWN"...
+                        raise reply
+                    self._settle(entry, reply)
         except BaseException as exc:  # the connection failed or timed out: the calls not answered get the error
             await connection.disconnect()
-            _fail(batch, exc)
+            await self._fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             await pool.release(connection)
 
     @staticmethod
-    def _settle(
-        future: asyncio.Future[Any], script: AsyncScript, keys: Sequence[str], args: Sequence[Any], reply: Any
-    ) -> None:
+    def _settle(entry: Entry, reply: Any) -> None:
+        future = entry[1]
         if future.done():  # its caller went away
             return
-        if isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
+        if not isinstance(reply, Exception):
+            future.set_result(reply)
+        elif isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
+            _, _, script, keys, args = entry
             retry = asyncio.ensure_future(script(keys=keys, args=args))
             retry.add_done_callback(functools.partial(_settle, future))
-        elif isinstance(reply, Exception):
-            future.set_exception(reply)
         else:
-            future.set_result(reply)
+            future.set_exception(_translated(reply))
 
-
-def _fail(batch: Sequence[tuple[Any, Any, Any, asyncio.Future[Any]]], exc: BaseException) -> None:
-    for *_, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+    async def _fail(self, batch: list[Entry], exc: BaseException) -> None:
+        if isinstance(exc, RedisConnectionError):  # as `_Guard` does: the idle connections are dead too
+            with contextlib.suppress(*_CLIENT_ERRORS):
+                await self._pool.disconnect(inuse_connections=False)
+        for entry in batch:
+            if not entry[1].done():
+                entry[1].set_exception(_translated(exc) if isinstance(exc, _CLIENT_ERRORS) else exc)
 
 
 def _settle(future: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
@@ -324,7 +341,7 @@ def _settle(future: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
     if source.cancelled():
         future.cancel()
     elif (error := source.exception()) is not None:
-        future.set_exception(error)
+        future.set_exception(_translated(error) if isinstance(error, _CLIENT_ERRORS) else error)
     else:
         future.set_result(source.result())
 
@@ -355,6 +372,8 @@ class RedisStore:
         self._get_session, self._get_messages = script(lua.GET_SESSION), script(lua.GET_MESSAGES)
         self._read_many_script = script(lua.READ_MANY)
         self._coalescer = Coalescer(client, settings.redis_socket_timeout) if isinstance(client, Redis) else None
+        self._tenant_keys: dict[str, RedisKeys] = {}
+        self._append_limits = [self._max_messages, '1' if self._limits.reject_full else '0', self._limits.max_sessions]
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
@@ -367,6 +386,15 @@ class RedisStore:
             cause = exc.__cause__
             detail = ' '.join(str(cause).split()) or type(cause).__name__
             raise BackendUnavailable(f'Redis at {masked_url(url)} does not answer: {detail}') from None
+
+    def _keys(self, tenant: str) -> RedisKeys:
+        """The tenant's key names; one `RedisKeys` per tenant (tenants are the configured API keys' few)."""
+        keys = self._tenant_keys.get(tenant)
+        if keys is None:
+            if len(self._tenant_keys) >= 1024:
+                self._tenant_keys.clear()
+            keys = self._tenant_keys[tenant] = RedisKeys(self._prefix, tenant)
+        return keys
 
     def _call(self) -> _Guard:
         """Around every operation: the Cluster's connection bound, and error translation."""
@@ -413,7 +441,7 @@ class RedisStore:
     async def create_session(
         self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
     ) -> SessionRecord | None:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         key_list, args = self._session_call(keys, record.id, record.updated_at, idempotency=idempotency)
         args += [str(to_micros(record.created_at)), record.metadata, str(record.version), self._limits.max_sessions]
         async with self._call():
@@ -432,7 +460,7 @@ class RedisStore:
         return record
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         async with self._call():
             if with_messages:
                 found = await self._script(self._get_session, [keys.meta(session_id), keys.msgs(session_id)], ())
@@ -448,7 +476,7 @@ class RedisStore:
     async def list_sessions(
         self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
     ) -> tuple[list[StoredSession], bool]:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         found: list[StoredSession] = []
         stale: list[str] = []
         position = after
@@ -535,7 +563,7 @@ class RedisStore:
     ) -> SessionRecord | None:
         """Optimistic: read, `apply` here, then a script sets the result only if the metadata is unchanged,
         else retries. It compares the metadata itself, not the version, so appends never force a retry."""
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         key_list, args = self._session_call(keys, session_id, now, expected_version)
         meta = keys.meta(session_id)
         async with self._call():
@@ -556,7 +584,7 @@ class RedisStore:
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         key_list = [keys.meta(session_id), keys.msgs(session_id)]
         args = [session_id, _expected(expected_version)]
         async with self._call():
@@ -579,27 +607,28 @@ class RedisStore:
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
     ) -> Appended:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         key_list, args = self._session_call(keys, session_id, now, expected_version, idempotency)
-        limits = [self._max_messages, '1' if self._limits.reject_full else '0', self._limits.max_sessions]
-        async with self._call():
-            if self._cluster:
+        args += self._append_limits
+        args += bodies
+        if self._coalescer is not None:  # the hot path: no `_call()` needed, the coalescer translates errors
+            reply = await self._coalescer.call(self._append, key_list, args)
+        else:
+            async with self._call():
                 await self._check_room(keys, session_id)
-            call = self._script(self._append, key_list, [*args, *limits, *bodies])
-            if self._cluster:
+                call = self._append(keys=key_list, args=args)
                 reply, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
-            else:
-                reply = await call
         status, rest = _answer(session_id, reply)
+        if status == b'ok':
+            first = int(rest[0])
+            return Appended([with_id(first + n, body) for n, body in enumerate(bodies)], int(rest[1]))
         if status == b'full':
             raise SessionFull(session_id, self._max_messages)
         if status == b'limit':
             raise SessionLimitReached(self._limits.max_sessions)
-        if status == b'replay':
-            recorded_version, *stored = _bytes(rest[0]).split(b'\n')
-            return Appended(stored, int(recorded_version))
-        first = int(rest[0])
-        return Appended([with_id(first + n, body) for n, body in enumerate(bodies)], int(rest[1]))
+        # 'replay'
+        recorded_version, *stored = _bytes(rest[0]).split(b'\n')
+        return Appended(stored, int(recorded_version))
 
     async def _check_room(self, keys: RedisKeys, session_id: str) -> None:
         """Cluster only: the tenant's session limit, checked before a write that may create a session. The
@@ -611,16 +640,20 @@ class RedisStore:
             raise SessionLimitReached(self._limits.max_sessions)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
-        async with self._call():
-            messages = await self._script(self._get_messages, [keys.meta(session_id), keys.msgs(session_id)], args)
+        key_list = [keys.meta(session_id), keys.msgs(session_id)]
+        if self._coalescer is not None:  # the hot path: no `_call()` needed, the coalescer translates errors
+            messages = await self._coalescer.call(self._get_messages, key_list, args)
+        else:
+            async with self._call():
+                messages = await self._get_messages(keys=key_list, args=args)
         return None if messages is None else list(messages)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
     ) -> int | None:
-        keys = RedisKeys(self._prefix, tenant)
+        keys = self._keys(tenant)
         key_list, args = self._session_call(keys, session_id, now, expected_version)
         async with self._call():
             status, rest = _answer(session_id, await self._clear(keys=key_list, args=args))
