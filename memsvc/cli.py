@@ -8,6 +8,7 @@ only when every worker drained and exited 0.
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -51,11 +52,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+GC_YOUNG_THRESHOLD = 7_000
+"""Allocations between collections of the youngest generation (Python's default: 700). A request that waits
+for Redis keeps its ~40 objects alive while others run, so at the default each collection traversed the
+objects of every request in flight: 243 young collections per 10,700 Redis requests against 11 on the
+in-memory store. At 7,000: 417k -> 396k instructions per Redis append (callgrind, 64 in flight)."""
+
+
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one server process until SIGTERM/SIGINT; return its exit status."""
     from memsvc.app import create_app
 
     configure_logging(settings.log_level, settings.log_format)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
         web.run_app(
             create_app(settings),
