@@ -2,7 +2,7 @@
 
 Every route answers a constant JSON object; a request with a body has it parsed by orjson first, so a
 POST costs what reading and parsing the body costs. Nothing else: no routing table of memsvc, no
-middlewares, no validation, no store. `python -m bench.ceiling --port N` serves it.
+request-id or metrics wrapper, no validation, no store. `python -m bench.ceiling --port N` serves it.
 """
 
 import argparse

@@ -44,7 +44,7 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
 MAX_LINE_BYTES = 32 * 1024
 """Longest request line and header: a search text of 2,000 characters percent-encoded fits (aiohttp's
-default of 8,190 bytes would answer such requests with a plain-text 400 before any middleware runs)."""
+default of 8,190 bytes would answer such requests with a plain-text 400 before any of our code runs)."""
 
 
 def create_app(settings: Settings) -> web.Application:

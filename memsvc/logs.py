@@ -10,7 +10,7 @@ from typing import Literal
 import orjson
 
 CURRENT_REQUEST_ID: ContextVar[str] = ContextVar('memsvc_request_id', default='-')
-"""Set by the request middleware; aiohttp runs each request in a task of its own, so it is per request."""
+"""Set by `endpoint.py` around every handler; aiohttp runs each request in a task of its own, so it is per request."""
 
 TEXT_FORMAT = '%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s'
 

@@ -26,6 +26,7 @@ from memsvc.models import (
     is_session_id,
     merge_patch,
     require_session_id,
+    sent_fields,
     to_micros,
     utc_now,
 )
@@ -159,7 +160,7 @@ class AsyncMemoryManager:
             bodies.append(encode_message(message, now, f'[{index}]' if batch else 'body'))
 
         def asked() -> Any:
-            sent = [{key: value for key, value in message.items() if value is not None} for message in messages]
+            sent = [sent_fields(message) for message in messages]
             return sent if batch else sent[0]
 
         idempotency = self._idempotency(idempotency_key, 'append', session_id, asked)

@@ -82,7 +82,7 @@ class Metrics:
             'memsvc_store_errors', 'store operations that failed', ['operation', 'error'], registry=registry
         )
         self.in_flight = 0
-        """Requests being handled now; the middleware counts them."""
+        """Requests being handled now; `endpoint.py` counts them."""
         self._requests: dict[tuple[str, str, int], _Tally] = {}
         self._store: dict[str, _Tally] = {}
 

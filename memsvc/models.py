@@ -136,11 +136,16 @@ def encode_json(value: Any, field: str, option: int = 0) -> bytes:
         raise InvalidInput(field, f'cannot be stored as JSON ({exc})') from None
 
 
+def sent_fields(message: NewMessage) -> dict[str, Any]:
+    """The message's fields without those sent as null (which mean left out)."""
+    return {key: value for key, value in message.items() if value is not None}
+
+
 def encode_message(message: NewMessage, timestamp: datetime, field: str = 'message') -> bytes:
     """Serialize a message without its id; `with_id` adds the id when the store assigns it. Role and
     content come first (validation keeps the fields in their declared order), fields sent as null are
     left out, and the timestamp comes last."""
-    out: dict[str, Any] = {key: value for key, value in message.items() if value is not None}
+    out = sent_fields(message)
     out['timestamp'] = timestamp
     return encode_json(out, field, orjson.OPT_UTC_Z)
 

@@ -213,17 +213,14 @@ class MemoryStore:
         idempotency: Idempotency | None = None,
     ) -> Appended:
         part = self._tenant(tenant)
-        if idempotency is not None:
-            replayed = part.replay(session_id, idempotency)
-            if isinstance(replayed, Appended):
-                return replayed
+        replayed = part.replay(session_id, idempotency)
+        if isinstance(replayed, Appended):
+            return replayed
         session = part.sessions.get(session_id)
-        if expected_version is not None:
-            _check_version(session_id, session, expected_version)
-        if self._limits.reject_full:
-            held = 0 if session is None else len(session.messages)
-            if held + len(bodies) > self._max_messages > 0:
-                raise SessionFull(session_id, self._max_messages)
+        _check_version(session_id, session, expected_version)
+        held = 0 if session is None else len(session.messages)
+        if self._limits.reject_full and held + len(bodies) > self._max_messages > 0:
+            raise SessionFull(session_id, self._max_messages)
         if session is None:
             self._check_room(part)
             session = _Session.new(SessionRecord(session_id, now, now, b'{}', 0))
@@ -237,8 +234,7 @@ class MemoryStore:
             session.first_id += excess
         part.touch(session, now)
         appended = Appended(stored, session.version)
-        if idempotency is not None:
-            part.record(session_id, idempotency, appended)
+        part.record(session_id, idempotency, appended)
         return appended
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
