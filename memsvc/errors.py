@@ -100,3 +100,10 @@ class BackendUnavailable(MemsvcError):
     """The store cannot be reached or did not answer in time. Never reported as "not found"."""
 
     code = 'backend_unavailable'
+
+
+class StoreTimeout(BackendUnavailable):
+    """A store operation passed the store deadline (`MEMSVC_STORE_TIMEOUT_SECONDS`); it may still complete."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f'the store did not answer within {seconds} s')

@@ -67,24 +67,34 @@ async def test_requests_are_counted_by_route_template_method_and_status(client: 
     assert samples(text, 'memsvc_requests_in_flight') == {(): 1.0}, 'the /metrics request itself'
 
 
+@pytest.mark.parametrize('operation', ['get_messages', 'append_messages', 'get_session'])
 async def test_a_store_past_its_deadline_is_503_and_counted(
-    redis_server: RedisServer, request: pytest.FixtureRequest, aiohttp_client: AiohttpClient
+    operation: str, redis_server: RedisServer, request: pytest.FixtureRequest, aiohttp_client: AiohttpClient
 ) -> None:
-    """A Redis that hangs longer than MEMSVC_STORE_TIMEOUT_SECONDS (here shorter than the socket timeout)."""
+    """A Redis that hangs longer than MEMSVC_STORE_TIMEOUT_SECONDS (here shorter than the socket timeout). The
+    first two are sent in batches with one deadline for the batch, get_session on its own deadline."""
     settings = make_settings('redis', request, store_timeout_seconds=0.3, redis_socket_timeout=30)
     client = CheckedClient(await aiohttp_client(create_app(settings)), Conformance.for_settings(settings))
     assert (await client.post(f'{API}/sessions/s/messages', json={'role': 'user', 'content': 'x'})).status == 201
     redis_server.pause()
     try:
-        reply = await client.get(f'{API}/sessions/s/messages')
+        if operation == 'append_messages':
+            reply = await client.post(f'{API}/sessions/s/messages', json={'role': 'user', 'content': 'y'})
+        else:
+            reply = await client.get(f'{API}/sessions/s' + ('/messages' if operation == 'get_messages' else ''))
     finally:
         redis_server.resume()
     assert reply.status == 503
     assert reply.headers['Retry-After'] == '1'
     assert 'did not answer within 0.3 s' in reply.json()['error']['message']
     errors = samples((await client.get('/metrics')).body.decode(), 'memsvc_store_errors_total')
-    assert errors == {(('error', 'timeout'), ('operation', 'get_messages')): 1.0}
-    assert (await client.get(f'{API}/sessions/s/messages')).status == 200, 'and it recovers'
+    assert errors == {(('error', 'timeout'), ('operation', operation)): 1.0}
+    # It recovers, and each request gets its own reply: the late one to the request that timed out is not read.
+    appended = await client.post(f'{API}/sessions/s/messages', json={'role': 'assistant', 'content': 'z'})
+    assert appended.status == 201
+    assert appended.json()['content'] == 'z'
+    messages = (await client.get(f'{API}/sessions/s/messages')).json()
+    assert [m['content'] for m in messages] in (['x', 'z'], ['x', 'y', 'z'])  # the timed-out append may have landed
 
 
 def test_metrics_route_is_open_without_an_api_key(settings: Any) -> None:

@@ -87,6 +87,11 @@ class Store(Protocol):
     """Writes that take `expected_version` raise `PreconditionFailed` when the session's version is another
     one (or, for an append, when the session does not exist), and change nothing."""
 
+    self_timed: frozenset[str]
+    """The operations (method names) that keep to the store deadline, `Settings.store_deadline()`, on their
+    own, raising `StoreTimeout` past it (the Redis store: one timer for a batch of calls). `InstrumentedStore`
+    puts its deadline around the others."""
+
     async def ping(self) -> None:
         """Return when the backend answers; raise `BackendUnavailable` otherwise."""
 

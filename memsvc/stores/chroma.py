@@ -389,6 +389,8 @@ def connect(settings: Settings, executor: ThreadPoolExecutor) -> Backend:
 class ChromaStore:
     """The `Store` contract on Chroma. The backend, the embedder and the executor are the caller's (`open_store`)."""
 
+    self_timed: frozenset[str] = frozenset()
+
     def __init__(
         self, backend: Backend, embedder: 'Embedder', executor: ThreadPoolExecutor, settings: Settings
     ) -> None:

@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from memsvc.errors import BackendUnavailable, MemsvcError
+from memsvc.errors import BackendUnavailable, MemsvcError, StoreTimeout
 from memsvc.metrics import Metrics
 from memsvc.models import SearchHit, SessionRecord, StoredSession
 from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store
@@ -62,16 +62,19 @@ class InstrumentedStore:
     """`timeout` None: no deadline, for a store that never waits (the in-memory one, whose operations
     finish without suspending, so a deadline could never fire)."""
 
+    self_timed: frozenset[str] = frozenset()  # the outermost store: nothing puts a deadline around this one
+
     def __init__(self, store: Store, metrics: Metrics, timeout: float | None) -> None:
         self.inner = store
         self._metrics = metrics
         self._timeout = timeout
         self._deadlines = Deadlines(timeout) if timeout is not None else None
+        self._self_timed = store.self_timed
 
     async def _call(self, operation: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         try:
-            if self._deadlines is None:
+            if self._deadlines is None or operation in self._self_timed:
                 return await call
             async with asyncio.timeout(None) as deadline:
                 self._deadlines.watch(deadline)
@@ -81,7 +84,10 @@ class InstrumentedStore:
                     self._deadlines.forget(deadline)
         except TimeoutError:
             self._metrics.store_errors.labels(operation, 'timeout').inc()
-            raise BackendUnavailable(f'the store did not answer within {self._timeout} s') from None
+            raise StoreTimeout(cast(float, self._timeout)) from None
+        except StoreTimeout:  # a self-timed operation's
+            self._metrics.store_errors.labels(operation, 'timeout').inc()
+            raise
         except BackendUnavailable:
             self._metrics.store_errors.labels(operation, 'unavailable').inc()
             raise

@@ -131,6 +131,8 @@ class _Tenant:
 
 
 class MemoryStore:
+    self_timed: frozenset[str] = frozenset()
+
     def __init__(self, limits: Limits | None = None) -> None:
         self._tenants: dict[str, _Tenant] = {}
         self._limits = limits or Limits()
