@@ -113,7 +113,8 @@ async def _serve(args: argparse.Namespace) -> None:
         from memsvc.settings import Settings
 
         key_prefix = f'bench-instructions-{os.getpid()}'
-        app = create_app(Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING'))
+        slow = {'redis_connect_timeout': 60, 'redis_pool_timeout': 60, 'redis_socket_timeout': 60}  # valgrind is slow
+        app = create_app(Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING', **slow))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     run = _Run(asyncio.get_running_loop())
@@ -129,7 +130,10 @@ def _instructions(args: argparse.Namespace, count: int) -> int:
     argv = [sys.executable, '-m', 'bench.instructions', args.scenario, '--store', args.store, '--count', str(count)]
     argv += ['--ceiling'] if args.ceiling else []
     valgrind = ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null']
-    out = subprocess.run([*valgrind, *argv, '--inside'], capture_output=True, text=True, check=True).stderr
+    done = subprocess.run([*valgrind, *argv, '--inside'], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f'bench.instructions: the run under valgrind failed:\n{done.stderr[-3000:]}')
+    out = done.stderr
     return int(re.findall(r'Collected : (\d+)', out)[-1])
 
 

@@ -121,10 +121,10 @@ class AsyncMemoryManager:
         )
         if record is None:
             raise SessionNotFound(session_id)
-        messages = await self.store.get_messages(tenant, session_id, MessageRange())
-        if messages is None:  # deleted right after the change
+        found = await self.store.get_session(tenant, session_id, with_messages=True)
+        if found is None:  # deleted right after the change
             raise SessionNotFound(session_id)
-        return StoredSession(record, messages)
+        return StoredSession(record, found.messages)
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> None:
         require_session_id(session_id)
@@ -168,7 +168,8 @@ class AsyncMemoryManager:
             tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency
         )
 
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes]:
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes:
+        """The selected messages as one JSON array."""
         require_session_id(session_id)
         messages = await self.store.get_messages(tenant, session_id, selection)
         if messages is None:

@@ -155,6 +155,11 @@ def with_id(seq: int, body: bytes) -> bytes:
     return b'{"id":%d,%s' % (seq, body[1:])
 
 
+def json_array(items: list[bytes]) -> bytes:
+    """A JSON array of already-encoded items."""
+    return b'[' + b','.join(items) + b']'
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: objects merge recursively, null deletes, anything else replaces."""
     if not isinstance(patch, dict):

@@ -13,7 +13,7 @@ from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
 from memsvc.endpoint import ApiError
 from memsvc.errors import BackendUnavailable
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, require_session_id
+from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, json_array, require_session_id
 from memsvc.stores.base import ANY_VERSION, MessageRange
 
 API = '/api/v1/chat'
@@ -127,18 +127,13 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=body, status=status, content_type='application/json', headers=headers)
 
 
-def _array(items: list[bytes]) -> bytes:
-    """A JSON array of already-encoded items."""
-    return b'[' + b','.join(items) + b']'
-
-
 def _session(found: StoredSession) -> dict[str, Any]:
     record = found.record
     return {
         'id': record.id,
         'created_at': record.created_at,
         'updated_at': record.updated_at,
-        'messages': orjson.Fragment(_array(found.messages)),
+        'messages': orjson.Fragment(json_array(found.messages)),
         'metadata': orjson.Fragment(record.metadata),
     }
 
@@ -208,7 +203,7 @@ async def get_messages(request: web.Request) -> web.Response:
         after=_int_query(request, 'after', 0, MAX_ID),
     )
     messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
-    return web.Response(body=_array(messages), content_type='application/json')
+    return web.Response(body=messages, content_type='application/json')
 
 
 @routes.post(f'{SESSION}/messages')
@@ -226,7 +221,7 @@ async def add_messages(request: web.Request) -> web.Response:
         expected_version=_if_match(request),
         idempotency_key=_idempotency_key(request),
     )
-    body = _array(appended.messages) if batch else appended.messages[0]
+    body = json_array(appended.messages) if batch else appended.messages[0]
     return web.Response(body=body, status=201, content_type='application/json', headers=_etag(appended.version))
 
 

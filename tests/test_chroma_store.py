@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from memsvc.embeddings import Embedder
 from memsvc.errors import BackendUnavailable, NotSupported, SessionNotFound
-from memsvc.models import NewMessage, SessionRecord, encode_message, utc_now
+from memsvc.models import NewMessage, SessionRecord, encode_message, json_array, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
@@ -37,9 +37,14 @@ def body(content: str, role: str = 'user', **fields: Any) -> bytes:
     )
 
 
-def contents(messages: list[bytes] | None) -> list[str]:
+def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
+    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
     assert messages is not None
-    return [orjson.loads(m)['content'] for m in messages]
+    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
+
+
+def contents(messages: bytes | list[bytes] | None) -> list[str]:
+    return [m['content'] for m in parsed(messages)]
 
 
 @pytest.fixture(params=CHROMA_KINDS)
@@ -80,7 +85,7 @@ async def test_stores_of_one_process_share_a_persistent_directory(tmp_path: Path
     settings = Settings(memory_type='chroma', chroma_persist_directory=tmp_path / 'shared', key_prefix='shared')
     async with open_store(settings) as first, open_store(settings) as second:
         stored = (await first.append_messages(T, 's', [body('seen by both')], utc_now())).messages
-        assert await second.get_messages(T, 's', MessageRange()) == stored
+        assert await second.get_messages(T, 's', MessageRange()) == json_array(stored)
         [hit] = await second.search(T, 'visible to both', limit=1, session_id=None, role=None)
         assert hit.message == stored[0]
 
@@ -90,7 +95,7 @@ async def test_persistent_mode_keeps_everything_across_a_restart(tmp_path: Path)
     async with open_store(settings) as store:
         stored = (await store.append_messages(T, 's', [body('first'), body('second')], utc_now())).messages
     async with open_store(settings) as store:
-        assert await store.get_messages(T, 's', MessageRange()) == stored
+        assert await store.get_messages(T, 's', MessageRange()) == json_array(stored)
         [hit] = await store.search(T, 'second', limit=1, session_id='s', role=None)
         assert hit.message == stored[1]
 

@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -28,9 +29,14 @@ def body(content: str) -> bytes:
     return encode_message(NewMessage(role='user', content=content), utc_now())
 
 
-def ids(messages: list[bytes] | None) -> list[int]:
+def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
+    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
     assert messages is not None
-    return [orjson.loads(m)['id'] for m in messages]
+    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
+
+
+def ids(messages: bytes | list[bytes] | None) -> list[int]:
+    return [m['id'] for m in parsed(messages)]
 
 
 @pytest.fixture
@@ -226,7 +232,7 @@ async def test_max_messages_keeps_the_newest_and_ids_stay_stable(kind: str, requ
         assert ids(await store.get_messages(T, 's', MessageRange(limit=2))) == [11, 12]
         assert ids(await store.get_messages(T, 's', MessageRange(after=2, limit=2))) == [8, 9]
         assert ids(await store.get_messages(T, 's', MessageRange(before=10))) == [8, 9]
-        assert await store.get_messages(T, 's', MessageRange(before=8)) == []
+        assert await store.get_messages(T, 's', MessageRange(before=8)) == b'[]'
         big = (await store.append_messages(T, 's', [body(f'b{n}') for n in range(7)], utc_now())).messages
         assert ids(big) == list(range(13, 20))
         assert ids(await store.get_messages(T, 's', MessageRange())) == [15, 16, 17, 18, 19]

@@ -2,12 +2,13 @@
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
 
 from memsvc.errors import IdempotencyKeyReused, InvalidInput, PreconditionFailed
-from memsvc.models import NewMessage, Role, SessionRecord, encode_message, to_micros, utc_now
+from memsvc.models import NewMessage, Role, SessionRecord, encode_message, json_array, to_micros, utc_now
 from memsvc.stores import MessageRange, Store
 from memsvc.stores.base import ANY_VERSION, Idempotency
 
@@ -23,14 +24,18 @@ def body(content: str, role: Role = 'user') -> bytes:
     return encode_message(NewMessage(role=role, content=content), utc_now())
 
 
-def contents(messages: list[bytes] | None) -> list[str]:
+def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
+    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
     assert messages is not None
-    return [orjson.loads(m)['content'] for m in messages]
+    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
 
 
-def ids(messages: list[bytes] | None) -> list[int]:
-    assert messages is not None
-    return [orjson.loads(m)['id'] for m in messages]
+def contents(messages: bytes | list[bytes] | None) -> list[str]:
+    return [m['content'] for m in parsed(messages)]
+
+
+def ids(messages: bytes | list[bytes] | None) -> list[int]:
+    return [m['id'] for m in parsed(messages)]
 
 
 async def append(store: Store, session_id: str, *texts: str) -> list[bytes]:
@@ -117,10 +122,10 @@ async def test_get_messages_limit_before_after(store: Store) -> None:
     assert ids(await store.get_messages(T, 's', MessageRange(before=3))) == [1, 2]
     assert ids(await store.get_messages(T, 's', MessageRange(after=2, before=6))) == [3, 4, 5]
     assert ids(await store.get_messages(T, 's', MessageRange(limit=100))) == list(range(1, 11))
-    assert await store.get_messages(T, 's', MessageRange(after=10)) == []
-    assert await store.get_messages(T, 's', MessageRange(before=1)) == []
-    assert await store.get_messages(T, 's', MessageRange(after=7, before=8)) == []
-    assert await store.get_messages(T, 's', MessageRange(after=9, before=3)) == []
+    assert await store.get_messages(T, 's', MessageRange(after=10)) == b'[]'
+    assert await store.get_messages(T, 's', MessageRange(before=1)) == b'[]'
+    assert await store.get_messages(T, 's', MessageRange(after=7, before=8)) == b'[]'
+    assert await store.get_messages(T, 's', MessageRange(after=9, before=3)) == b'[]'
     assert ids(await store.get_messages(T, 's', MessageRange(before=10**12))) == list(range(1, 11))
 
 
@@ -234,9 +239,8 @@ async def test_stored_bytes_round_trip_exactly(store: Store) -> None:
         metadata={'nested': {'list': [1, 2.5, None, True]}},
     )
     [stored] = (await store.append_messages(T, 's', [encode_message(message, utc_now())], utc_now())).messages
-    [read] = await store.get_messages(T, 's', MessageRange()) or []
-    assert read == stored
-    decoded = orjson.loads(read)
+    assert await store.get_messages(T, 's', MessageRange()) == json_array([stored]), 'byte for byte as stored'
+    [decoded] = parsed(await store.get_messages(T, 's', MessageRange()))
     assert decoded['content'] == message['content']
     assert decoded['tool_calls'] == message.get('tool_calls')
     assert decoded['metadata'] == message.get('metadata')

@@ -81,7 +81,16 @@ from memsvc.errors import (
     SessionLimitReached,
     SessionNotFound,
 )
-from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, utc_now, with_id
+from memsvc.models import (
+    SearchHit,
+    SessionRecord,
+    StoredSession,
+    from_micros,
+    json_array,
+    to_micros,
+    utc_now,
+    with_id,
+)
 from memsvc.settings import Settings
 from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
 
@@ -771,7 +780,7 @@ class ChromaStore:
             await self._delete_messages(tenant, session_id, below=first_id)
         return Appended(stored, record.version)
 
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         session = await self._read(tenant, session_id)
         if session is None:
             return None
@@ -782,7 +791,7 @@ class ChromaStore:
                 lo = hi - selection.limit
             else:
                 hi = lo + selection.limit
-        return await self._messages_of(tenant, session, lo, hi)
+        return json_array(await self._messages_of(tenant, session, lo, hi))
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -147,7 +147,7 @@ class InstrumentedStore:
         )
         return await self._call('append_messages', call)
 
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         return await self._call('get_messages', self.inner.get_messages(tenant, session_id, selection))
 
     async def clear_messages(

@@ -18,7 +18,7 @@ from datetime import datetime
 from sortedcontainers import SortedKeyList
 
 from memsvc.errors import IdempotencyKeyReused, NotSupported, SessionFull, SessionLimitReached
-from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, StoredSession, json_array, to_micros, with_id
 from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
 
 
@@ -239,7 +239,7 @@ class MemoryStore:
         part.record(session_id, idempotency, appended)
         return appended
 
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         session = self._tenant(tenant).sessions.get(session_id)
         if session is None:
             return None
@@ -251,7 +251,7 @@ class MemoryStore:
                 lo = hi - selection.limit
             else:
                 hi = lo + selection.limit
-        return session.messages[lo:hi] if lo < hi else []
+        return json_array(session.messages[lo:hi]) if lo < hi else b'[]'
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -654,7 +654,7 @@ class RedisStore:
         if await self._client.zcard(keys.sessions()) >= self._limits.max_sessions:
             raise SessionLimitReached(self._limits.max_sessions)
 
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes] | None:
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         keys = self._keys(tenant)
         args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
         key_list = [keys.meta(session_id), keys.msgs(session_id)]
@@ -663,7 +663,7 @@ class RedisStore:
         else:
             async with self._call():
                 messages = await self._get_messages(keys=key_list, args=args)
-        return None if messages is None else list(messages)
+        return None if messages is None else _bytes(messages)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

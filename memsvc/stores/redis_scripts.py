@@ -209,6 +209,7 @@ return {record, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
 # KEYS = meta, msgs; ARGV = limit, before, after ('' = not given). Same arithmetic as the memory store.
+# Returns the messages as one JSON array (false: no session).
 GET_MESSAGES = """
 local next_id = redis.call('HGET', KEYS[1], 'next_id')
 if not next_id then return false end
@@ -221,6 +222,6 @@ if before then hi = math.min(math.max(before - first, 0), count) end
 if limit and hi - lo > limit then
   if after then hi = lo + limit else lo = hi - limit end
 end
-if lo >= hi then return {} end
-return redis.call('LRANGE', KEYS[2], lo, hi - 1)
+if lo >= hi then return '[]' end  -- (LRANGE 0 -1 would be all of them)
+return '[' .. table.concat(redis.call('LRANGE', KEYS[2], lo, hi - 1), ',') .. ']'
 """
