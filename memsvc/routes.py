@@ -44,10 +44,13 @@ def _session_id(request: web.Request) -> str:
 
 
 def _query(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
+    query = request.query
+    if name not in query:
+        return None
+    values = query.getall(name)
     if len(values) > 1:
         raise ApiError(400, 'invalid_parameter', f'{name}: give it at most once')
-    return values[0] if values else None
+    return values[0]
 
 
 def _int_query(request: web.Request, name: str, low: int, high: int, default: int | None = None) -> int | None:
