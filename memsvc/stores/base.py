@@ -24,8 +24,8 @@ class MessageRange(NamedTuple):
     """Which messages to read. Ids are ordered; `after` pages forward, otherwise the newest come first.
 
     Without `after`, `limit` takes the last N messages below `before` (if any); with `after`, it takes
-    the first N above it. The result is always oldest first. (A NamedTuple: built on every read, and
-    a frozen dataclass costs 6k instructions more to build.)
+    the first N above it. The result is always oldest first. (A NamedTuple: it is built on every read,
+    and is cheaper to build than a frozen dataclass.)
     """
 
     limit: int | None = None
