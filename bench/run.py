@@ -59,6 +59,9 @@ GROWTH_SESSIONS = 4
 MEMORY_MESSAGES = 1_000_000
 MEMORY_SESSION_MESSAGES = 100  # 1M messages as 10,000 sessions of 100: per-session costs are counted too
 BATCH = 100
+CHROMA_CONNECTIONS = 8
+"""Chroma embeds every appended message on the server's core (~30 a second): at 64 connections a pair waited
+longer than a whole run, and the backlog left by one scenario ran into the next."""
 STORES = ('in_memory', 'redis')
 LAST_20 = '/sessions/{id}/messages?limit=20'
 LIST_20 = '/sessions?limit=20&include_messages=false'  # the session records; their messages would dwarf them
@@ -254,15 +257,23 @@ def wrk(url: str, scenario: Scenario, seconds: int, *, cpus: str = LOAD_CPU, con
     )
 
 
-def measure(targets: Sequence[Server], scenario: Scenario, *, rounds: int, seconds: int, warmup: int) -> dict[str, Any]:
+def measure(
+    targets: Sequence[Server],
+    scenario: Scenario,
+    *,
+    rounds: int,
+    seconds: int,
+    warmup: int,
+    connections: int = CONNECTIONS,
+) -> dict[str, Any]:
     """Rounds of (ceiling, target, target, …); the first target is the ceiling. Returns the figures per target."""
     for server in targets:
-        wrk(server.url, scenario, warmup)
+        wrk(server.url, scenario, warmup, connections=connections)
     runs: dict[str, list[Run]] = {server.name: [] for server in targets}
     for _ in range(rounds):
         for server in targets:
             before = server.cpu_seconds()
-            run = wrk(server.url, scenario, seconds)
+            run = wrk(server.url, scenario, seconds, connections=connections)
             run.cpu_s = server.cpu_seconds() - before
             runs[server.name].append(run)
     ceiling = runs[targets[0].name]
@@ -340,11 +351,17 @@ def stored_size(url: str, sessions: Sequence[str]) -> float:
 
 
 def section_main(
-    targets: Sequence[Server], scenarios: Sequence[Scenario], args: argparse.Namespace, rounds: int
+    targets: Sequence[Server],
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+    rounds: int,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for scenario in scenarios:
-        figures = measure(targets, scenario, rounds=rounds, seconds=args.seconds, warmup=args.warmup)
+        figures = measure(
+            targets, scenario, rounds=rounds, seconds=args.seconds, warmup=args.warmup, connections=connections
+        )
         results[scenario.name] = {'label': scenario.label, **figures}
         print_rows(scenario, results[scenario.name], targets)
     return results
@@ -693,8 +710,8 @@ def section_chroma(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             # none waits past the store deadline behind the others.
             sessions = [f'read-{n}' for n in range(1, READ_SESSIONS + 1)]
             preload(chroma.url, sessions, READ_SESSION_MESSAGES, concurrency=2)
-            print_header('chroma: the scenarios of a chat turn')
-            return section_main(targets, main_scenarios(), args, rounds=1)
+            print_header(f'chroma: the scenarios of a chat turn ({CHROMA_CONNECTIONS} connections)')
+            return section_main(targets, main_scenarios(), args, rounds=1, connections=CHROMA_CONNECTIONS)
         except Exception as exc:  # the other tables stand without this one
             print(f'  failed: {type(exc).__name__}: {exc}')
             return {'failed': str(exc)}
