@@ -25,7 +25,7 @@ from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
 from tests.chroma_server import ChromaServer, free_port
-from tests.conftest import key_prefix_for, make_settings
+from tests.conftest import contents, key_prefix_for, make_settings
 
 T = 'default'
 CHROMA_KINDS = ['chroma', 'chroma_server']
@@ -35,16 +35,6 @@ def body(content: str, role: str = 'user', **fields: Any) -> bytes:
     return encode_message(
         TypeAdapter(NewMessage).validate_python({'role': role, 'content': content, **fields}), utc_now()
     )
-
-
-def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
-    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
-    assert messages is not None
-    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
-
-
-def contents(messages: bytes | list[bytes] | None) -> list[str]:
-    return [m['content'] for m in parsed(messages)]
 
 
 @pytest.fixture(params=CHROMA_KINDS)

@@ -6,9 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
-import orjson
 import pytest
 from redis.crc import key_slot
 
@@ -18,7 +16,7 @@ from memsvc.models import NewMessage, SessionRecord, encode_message, to_micros, 
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.redis import Client, RedisKeys, create_client, masked_url
-from tests.conftest import make_settings
+from tests.conftest import ids, make_settings
 from tests.servers import free_port
 
 T = 'default'
@@ -27,16 +25,6 @@ REDIS_KINDS = ['redis', 'redis_cluster']
 
 def body(content: str) -> bytes:
     return encode_message(NewMessage(role='user', content=content), utc_now())
-
-
-def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
-    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
-    assert messages is not None
-    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
-
-
-def ids(messages: bytes | list[bytes] | None) -> list[int]:
-    return [m['id'] for m in parsed(messages)]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 import orjson
 import pytest
@@ -11,6 +10,7 @@ from memsvc.errors import IdempotencyKeyReused, InvalidInput, PreconditionFailed
 from memsvc.models import NewMessage, Role, SessionRecord, encode_message, json_array, to_micros, utc_now
 from memsvc.stores import MessageRange, Store
 from memsvc.stores.base import ANY_VERSION, Idempotency
+from tests.conftest import contents, ids, parsed
 
 T = 'default'
 
@@ -22,20 +22,6 @@ def record(session_id: str, metadata: bytes = b'{}') -> SessionRecord:
 
 def body(content: str, role: Role = 'user') -> bytes:
     return encode_message(NewMessage(role=role, content=content), utc_now())
-
-
-def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
-    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
-    assert messages is not None
-    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
-
-
-def contents(messages: bytes | list[bytes] | None) -> list[str]:
-    return [m['content'] for m in parsed(messages)]
-
-
-def ids(messages: bytes | list[bytes] | None) -> list[int]:
-    return [m['id'] for m in parsed(messages)]
 
 
 async def append(store: Store, session_id: str, *texts: str) -> list[bytes]:

@@ -251,7 +251,7 @@ class MemoryStore:
                 lo = hi - selection.limit
             else:
                 hi = lo + selection.limit
-        return json_array(session.messages[lo:hi]) if lo < hi else b'[]'
+        return json_array(session.messages[lo:hi])
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
