@@ -87,7 +87,7 @@ class AsyncMemoryManager:
         created = await self.store.create_session(tenant, record, idempotency=idempotency)
         if created is None:
             raise SessionExists(record.id)
-        return StoredSession(created, [])
+        return StoredSession(created, b'[]')
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool = True) -> StoredSession:
         require_session_id(session_id)

@@ -118,7 +118,8 @@ class SessionRecord:
 @dataclass(slots=True, frozen=True)
 class StoredSession:
     record: SessionRecord
-    messages: list[bytes]
+    messages: bytes
+    """Its messages as one JSON array (`[]` when they were not asked for), as the API answers with them."""
 
 
 @dataclass(slots=True, frozen=True)

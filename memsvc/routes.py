@@ -136,7 +136,7 @@ def _session(found: StoredSession) -> dict[str, Any]:
         'id': record.id,
         'created_at': record.created_at,
         'updated_at': record.updated_at,
-        'messages': orjson.Fragment(json_array(found.messages)),
+        'messages': orjson.Fragment(found.messages),
         'metadata': orjson.Fragment(record.metadata),
     }
 

@@ -25,7 +25,7 @@ from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
 from tests.chroma_server import ChromaServer, free_port
-from tests.conftest import contents, key_prefix_for, make_settings
+from tests.conftest import contents, key_prefix_for, make_settings, parsed
 
 T = 'default'
 CHROMA_KINDS = ['chroma', 'chroma_server']
@@ -122,7 +122,7 @@ async def test_metadata_that_would_break_chroma_is_one_string_field(kind: str, r
         found = await store.get_session(T, 'wide', with_messages=True)
         assert found is not None
         assert found.record.metadata == huge_keys
-        assert found.messages[0] == stored
+        assert parsed(found.messages)[0] == orjson.loads(stored)
         assert orjson.loads(stored)['metadata'] == {'list': list(range(6000)), 'none': None}
         hits = await store.search(T, 'the collection works', limit=2, session_id=None, role=None)
         assert len(hits) == 2

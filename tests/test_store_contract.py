@@ -34,7 +34,7 @@ async def test_create_then_get(store: Store) -> None:
     assert found is not None
     assert found.record.id == 's1'
     assert orjson.loads(found.record.metadata) == {'user': 'u1'}
-    assert found.messages == []
+    assert parsed(found.messages) == []
 
 
 async def test_create_existing_id_changes_nothing(store: Store) -> None:
@@ -70,7 +70,7 @@ async def test_append_creates_missing_session_and_assigns_ordered_ids(store: Sto
     assert found is not None
     assert orjson.loads(found.record.metadata) == {}
     assert contents(found.messages) == ['a', 'b', 'c']
-    assert found.messages == stored + more
+    assert found.messages == json_array(stored + more)
 
 
 async def test_append_bumps_updated_at_and_version(store: Store) -> None:
@@ -121,7 +121,7 @@ async def test_clear_keeps_session_and_metadata_and_never_reuses_ids(store: Stor
     assert await store.clear_messages(T, 's', utc_now())
     found = await store.get_session(T, 's', with_messages=True)
     assert found is not None
-    assert found.messages == []
+    assert parsed(found.messages) == []
     assert orjson.loads(found.record.metadata) == {'k': 'v'}
     assert ids(await append(store, 's', 'c')) == [3]
     assert ids(await store.get_messages(T, 's', MessageRange(after=1))) == [3]
@@ -202,7 +202,7 @@ async def test_listing_reflects_updates_and_messages_on_request(store: Store) ->
     assert [s.record.id for s in page] == ['old', 'new']
     assert contents(page[0].messages) == ['a', 'c']
     bare, _ = await store.list_sessions(T, limit=10, after=None, with_messages=False)
-    assert all(s.messages == [] for s in bare)
+    assert all(parsed(s.messages) == [] for s in bare)
 
 
 async def test_tenants_are_separate_namespaces(store: Store) -> None:

@@ -527,10 +527,9 @@ class ChromaStore:
 
     async def _stored(self, tenant: str, session: _Session, with_messages: bool) -> StoredSession:
         if not with_messages:
-            return StoredSession(session.record, [])
-        return StoredSession(
-            session.record, await self._messages_of(tenant, session, session.first_id, session.next_id)
-        )
+            return StoredSession(session.record, b'[]')
+        messages = await self._messages_of(tenant, session, session.first_id, session.next_id)
+        return StoredSession(session.record, json_array(messages))
 
     async def _check_room(self, tenant: str) -> None:
         """Before a write that creates a session: the tenant's session limit (counted, so only when one is set)."""

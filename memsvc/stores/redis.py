@@ -64,7 +64,7 @@ from memsvc.errors import (
     SessionLimitReached,
     StoreTimeout,
 )
-from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, Limits, ListCursor, MessageRange
@@ -483,10 +483,10 @@ class RedisStore:
                     return None
                 fields, messages = found
             else:
-                fields, messages = await self._client.hmget(keys.meta(session_id), _META_FIELDS), []
+                fields, messages = await self._client.hmget(keys.meta(session_id), _META_FIELDS), b'[]'
                 if fields[0] is None:
                     return None
-        return StoredSession(_record(session_id, *fields), list(messages))
+        return StoredSession(_record(session_id, *fields), messages)
 
     async def list_sessions(
         self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
@@ -564,7 +564,8 @@ class RedisStore:
             if fields[0] is None:
                 out.append(None)
             else:
-                out.append(StoredSession(_record(sid, *fields), list(replies[n * step + 1]) if with_messages else []))
+                messages = json_array(replies[n * step + 1]) if with_messages else b'[]'
+                out.append(StoredSession(_record(sid, *fields), messages))
         return out
 
     async def update_metadata(

@@ -201,11 +201,12 @@ end
 return out
 """
 
-# KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version}, messages}.
+# KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version},
+# the messages as one JSON array}.
 GET_SESSION = """
 local record = redis.call('HMGET', KEYS[1], 'created_at', 'updated_at', 'metadata', 'version')
 if not record[1] then return false end
-return {record, redis.call('LRANGE', KEYS[2], 0, -1)}
+return {record, '[' .. table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',') .. ']'}
 """
 
 # KEYS = meta, msgs; ARGV = limit, before, after ('' = not given). Same arithmetic as the memory store.
