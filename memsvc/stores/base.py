@@ -135,9 +135,7 @@ class Store(Protocol):
         it is missing, and return them as stored (with their ids, `models.with_id`) and the new version."""
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
-        """The selected messages, oldest first, as one JSON array: the body of the API's answer, built where
-        the messages are (on Redis, by the script that reads them: one reply to parse instead of one per
-        message)."""
+        """The selected messages, oldest first, as one JSON array: the body of the API's answer."""
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -483,10 +483,10 @@ class RedisStore:
                     return None
                 fields, messages = found
             else:
-                fields, messages = await self._client.hmget(keys.meta(session_id), _META_FIELDS), b'[]'
+                fields, messages = await self._client.hmget(keys.meta(session_id), _META_FIELDS), []
                 if fields[0] is None:
                     return None
-        return StoredSession(_record(session_id, *fields), messages)
+        return StoredSession(_record(session_id, *fields), json_array(messages))
 
     async def list_sessions(
         self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
@@ -664,7 +664,7 @@ class RedisStore:
         else:
             async with self._call():
                 messages = await self._get_messages(keys=key_list, args=args)
-        return None if messages is None else _bytes(messages)
+        return None if messages is None else json_array(messages)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -201,16 +201,17 @@ end
 return out
 """
 
-# KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version},
-# the messages as one JSON array}.
+# KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version}, messages}.
 GET_SESSION = """
 local record = redis.call('HMGET', KEYS[1], 'created_at', 'updated_at', 'metadata', 'version')
 if not record[1] then return false end
-return {record, '[' .. table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',') .. ']'}
+return {record, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
 # KEYS = meta, msgs; ARGV = limit, before, after ('' = not given). Same arithmetic as the memory store.
-# Returns the messages as one JSON array (false: no session).
+# Returns the messages (false: no session). Not joined into one JSON array here: a Lua string of the 20 messages
+# cost redis-server 35 µs more CPU per read than returning them (60 against 25 µs, measured under `make bench`),
+# for 3 µs saved in memsvc.
 GET_MESSAGES = """
 local next_id = redis.call('HGET', KEYS[1], 'next_id')
 if not next_id then return false end
@@ -223,6 +224,6 @@ if before then hi = math.min(math.max(before - first, 0), count) end
 if limit and hi - lo > limit then
   if after then hi = lo + limit else lo = hi - limit end
 end
-if lo >= hi then return '[]' end  -- (LRANGE 0 -1 would be all of them)
-return '[' .. table.concat(redis.call('LRANGE', KEYS[2], lo, hi - 1), ',') .. ']'
+if lo >= hi then return {} end  -- (LRANGE 0 -1 would be all of them)
+return redis.call('LRANGE', KEYS[2], lo, hi - 1)
 """
