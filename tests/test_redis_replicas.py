@@ -177,12 +177,13 @@ async def test_two_worker_processes_serve_the_same_data(workers: Workers, redis_
             await asyncio.sleep(0.2)
         assert seen_counts == (200, 100)
 
-    # Each worker names its Redis connections memsvc:<pid>; both ran the store's scripts for requests.
+    # Each worker names its Redis connections memsvc:<pid>; both ran the store's commands for requests (a script
+    # for each append, MULTI/EXEC for each read).
     with redis_server.client() as client:
         served = {
             int(c['name'].removeprefix('memsvc:'))
             for c in client.client_list()
-            if c['name'].startswith('memsvc:') and c['cmd'] == 'evalsha'
+            if c['name'].startswith('memsvc:') and c['cmd'] in ('evalsha', 'exec')
         }
     assert set(children) <= served
 

@@ -235,8 +235,10 @@ def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, ve
     )
 
 
-Entry = tuple[bytes, asyncio.Future[Any], AsyncScript, Sequence[str], Sequence[Any]]
-"""A queued script call: its packed EVALSHA, its caller's future, and what a reload after NOSCRIPT needs."""
+Entry = tuple[bytes, int, asyncio.Future[Any], AsyncScript | None, Sequence[str], Sequence[Any]]
+"""A queued call: its packed commands, how many replies they get (the last one is the caller's), its caller's
+future, and for a script call what a reload after NOSCRIPT needs (None for a transaction)."""
+_MULTI, _EXEC = pack_command((b'MULTI',)), pack_command((b'EXEC',))
 
 
 class Coalescer:
@@ -273,12 +275,23 @@ class Coalescer:
         self._flushes: set[asyncio.Task[None]] = set()
 
     def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Run `script`; the future gets its reply."""
+        packed = pack_command((b'EVALSHA', script.sha, len(keys), *keys, *args))
+        return self._queue_entry(packed, 1, script, keys, args)
+
+    def transaction(self, *commands: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Run `commands` as one MULTI/EXEC; the future gets their replies, as EXEC answers."""
+        packed = b''.join((_MULTI, *map(pack_command, commands), _EXEC))
+        return self._queue_entry(packed, len(commands) + 2, None, (), ())
+
+    def _queue_entry(
+        self, packed: bytes, replies: int, script: AsyncScript | None, keys: Sequence[str], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if not self._queue:
             loop.call_soon(self._flush)
         future = loop.create_future()
-        packed = pack_command((b'EVALSHA', script.sha, len(keys), *keys, *args))
-        self._queue.append((packed, future, script, keys, args))
+        self._queue.append((packed, replies, future, script, keys, args))
         return future
 
     def _flush(self) -> None:
@@ -298,8 +311,8 @@ class Coalescer:
                     await self._pool.disconnect(inuse_connections=False)
             expired = deadline.expired()
             for entry in batch:
-                if not entry[1].done():
-                    entry[1].set_exception(
+                if not entry[2].done():
+                    entry[2].set_exception(
                         StoreTimeout(cast(float, self._deadline)) if expired
                         else _translated(exc) if isinstance(exc, _CLIENT_ERRORS) else exc
                     )  # fmt: skip
@@ -316,14 +329,15 @@ class Coalescer:
             reader = parser._reader if isinstance(parser, _AsyncHiredisParser) else None
             async with asyncio.timeout(self._read_timeout):
                 for entry in batch:
-                    reply = NOT_ENOUGH_DATA if reader is None else reader.gets()
-                    if reply is NOT_ENOUGH_DATA:
-                        try:
-                            reply = await connection.read_response(timeout=math.inf)  # the batch has the deadline
-                        except ResponseError as exc:
-                            reply = exc
-                    elif isinstance(reply, RedisConnectionError):  # as read_response: "LOADING", "MASTERDOWN"...
-                        raise reply
+                    for _ in range(entry[1]):  # a transaction's +OK and +QUEUED come before EXEC's reply
+                        reply = NOT_ENOUGH_DATA if reader is None else reader.gets()
+                        if reply is NOT_ENOUGH_DATA:
+                            try:
+                                reply = await connection.read_response(timeout=math.inf)  # the batch has the deadline
+                            except ResponseError as exc:
+                                reply = exc
+                        elif isinstance(reply, RedisConnectionError):  # as read_response: "LOADING", "MASTERDOWN"...
+                            raise reply
                     self._settle(entry, reply)
         except BaseException:  # failed, timed out or past the deadline: replies may still come, so drop it
             await connection.disconnect()
@@ -333,13 +347,16 @@ class Coalescer:
 
     @staticmethod
     def _settle(entry: Entry, reply: Any) -> None:
-        future = entry[1]
+        _, _, future, script, keys, args = entry
         if future.done():  # its caller went away
             return
+        if script is None and isinstance(reply, list):  # a transaction: a command that failed fails it
+            for part in reply:
+                if isinstance(part, Exception):
+                    reply = part
         if not isinstance(reply, Exception):
             future.set_result(reply)
-        elif isinstance(reply, NoScriptError):  # e.g. Redis restarted: the script call loads it again
-            _, _, script, keys, args = entry
+        elif isinstance(reply, NoScriptError) and script is not None:  # e.g. Redis restarted: load it again
             retry = asyncio.ensure_future(script(keys=keys, args=args))
             retry.add_done_callback(functools.partial(_settle, future))
         else:
@@ -657,13 +674,21 @@ class RedisStore:
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         keys = self._keys(tenant)
-        args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
         key_list = [keys.meta(session_id), keys.msgs(session_id)]
-        if self._coalescer is not None:  # the hot path: no `_call()` needed, the coalescer translates errors
-            messages = await self._coalescer.call(self._get_messages, key_list, args)
-        else:
+        args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
+        if self._coalescer is None:  # Cluster
             async with self._call():
                 messages = await self._get_messages(keys=key_list, args=args)
+        elif selection.before is None and selection.after is None:  # the gateway's read: the last N, or all
+            # Two plain commands in MULTI/EXEC rather than the script: 3.4 µs of redis-server's CPU against 15.5.
+            # (The coalescer translates errors: no `_call()` needed.)
+            last = -selection.limit if selection.limit else 0
+            exists, messages = await self._coalescer.transaction(
+                (b'EXISTS', key_list[0]), (b'LRANGE', key_list[1], last, -1)
+            )
+            messages = messages if exists else None
+        else:
+            messages = await self._coalescer.call(self._get_messages, key_list, args)
         return None if messages is None else json_array(messages)
 
     async def clear_messages(
