@@ -71,8 +71,8 @@ async def test_requests_are_counted_by_route_template_method_and_status(client: 
 async def test_a_store_past_its_deadline_is_503_and_counted(
     operation: str, redis_server: RedisServer, request: pytest.FixtureRequest, aiohttp_client: AiohttpClient
 ) -> None:
-    """A Redis that hangs longer than MEMSVC_STORE_TIMEOUT_SECONDS (here shorter than the socket timeout). The
-    first two are sent in batches with one deadline for the batch, get_session on its own deadline."""
+    """A Redis that hangs longer than MEMSVC_STORE_TIMEOUT_SECONDS (here shorter than the socket timeout). All
+    three are sent in batches with one deadline for the batch (`Coalescer`)."""
     settings = make_settings('redis', request, store_timeout_seconds=0.3, redis_socket_timeout=30)
     client = CheckedClient(await aiohttp_client(create_app(settings)), Conformance.for_settings(settings))
     assert (await client.post(f'{API}/sessions/s/messages', json={'role': 'user', 'content': 'x'})).status == 201
