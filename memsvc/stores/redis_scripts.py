@@ -187,20 +187,6 @@ end
 return removed
 """
 
-# Single Redis only (the keys are in many slots). KEYS = the sessions' meta keys, then (with messages) their msgs
-# keys; ARGV[1] = '1' for the messages. Returns per session its HMGET of created_at, updated_at, metadata,
-# version (all nil when it is gone), followed (with messages) by its LRANGE: what a pipeline of those would.
-READ_MANY = """
-local with_messages = ARGV[1] == '1'
-local n = with_messages and #KEYS / 2 or #KEYS
-local out = {}
-for i = 1, n do
-  out[#out + 1] = redis.call('HMGET', KEYS[i], 'created_at', 'updated_at', 'metadata', 'version')
-  if with_messages then out[#out + 1] = redis.call('LRANGE', KEYS[n + i], 0, -1) end
-end
-return out
-"""
-
 # KEYS = meta, msgs. Returns nil if the session is gone, else {{created_at, updated_at, metadata, version}, messages}.
 GET_SESSION = """
 local record = redis.call('HMGET', KEYS[1], 'created_at', 'updated_at', 'metadata', 'version')
