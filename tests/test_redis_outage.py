@@ -18,7 +18,7 @@ from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from memsvc.settings import Settings
-from memsvc.stores.redis import masked_url
+from memsvc.stores.redis_client import masked_url
 from tests.servers import RedisServer, free_port
 
 API = '/api/v1/chat'

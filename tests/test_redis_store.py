@@ -15,7 +15,8 @@ from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import NewMessage, SessionRecord, encode_message, to_micros, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
-from memsvc.stores.redis import Client, RedisKeys, create_client, masked_url
+from memsvc.stores.redis import RedisKeys
+from memsvc.stores.redis_client import Client, create_client, masked_url
 from tests.conftest import ids, make_settings, parsed
 from tests.servers import free_port
 

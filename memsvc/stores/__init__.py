@@ -23,7 +23,8 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
             yield MemoryStore(Limits.from_settings(settings))
         case 'redis':
-            from memsvc.stores.redis import RedisStore, create_client
+            from memsvc.stores.redis import RedisStore
+            from memsvc.stores.redis_client import create_client
 
             client = create_client(settings)
             try:
