@@ -123,6 +123,8 @@ async def test_clear_keeps_session_and_metadata_and_never_reuses_ids(store: Stor
     assert found is not None
     assert parsed(found.messages) == []
     assert orjson.loads(found.record.metadata) == {'k': 'v'}
+    assert await store.get_messages(T, 's', MessageRange(limit=20)) == b'[]', 'an empty session, not a missing one'
+    assert await store.get_messages(T, 's', MessageRange()) == b'[]'
     assert ids(await append(store, 's', 'c')) == [3]
     assert ids(await store.get_messages(T, 's', MessageRange(after=1))) == [3]
 
