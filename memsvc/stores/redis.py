@@ -29,10 +29,11 @@ Expired sessions leave the listing: the listing reads each candidate's meta, ski
 than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
 last write.
 
-Reads need no script: on a single Redis they are MULTI/EXEC transactions of plain commands (EXISTS and
-LRANGE for the last N messages, HMGET and LRANGE for a session), which cost redis-server a quarter of the
-CPU a Lua script of the same reads did; a read by id range (before/after) runs GET_MESSAGES. The calls of
-concurrent requests are sent together (`redis_client.Coalescer`). On Cluster, reads run the scripts.
+Reads need no script on a single Redis: the last N messages are one LRANGE (with EXISTS in a MULTI/EXEC
+only when the list is empty, to tell an empty session from a missing one), a session is a MULTI/EXEC of
+HMGET and LRANGE; plain commands cost redis-server a quarter of the CPU a Lua script of the same reads
+did. A read by id range (before/after) runs GET_MESSAGES. The calls of concurrent requests are sent
+together (`redis_client.Coalescer`). On Cluster, reads run the scripts.
 
 Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
 a page of the listing 2 (index, then one transaction reading the sessions, on Cluster one pipeline; +1 when
