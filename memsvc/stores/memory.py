@@ -49,11 +49,13 @@ class _Log:
         return len(self.ends)
 
     def extend(self, messages: list[bytes]) -> None:
-        text, ends, dropped = self.text, self.ends, self.dropped
+        ends, end = self.ends, self.dropped + len(self.text)
         for message in messages:
-            text += message
-            text += b','
-            ends.append(dropped + len(text))
+            end += len(message) + 1
+            ends.append(end)
+        # The messages in one addition: the buffer grows (and may move) once per append rather than once
+        # per message, whose many sizes left the heap fragmented (make bench: 643 -> 481 bytes a message).
+        self.text += b','.join(messages) + b','
 
     def drop_oldest(self, count: int) -> None:
         cut = self.ends[count - 1] - self.dropped
