@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import BENCH, start_memsvc
+from bench.servers import BENCH, start_memsvc
 from tests.servers import RedisServer
 
 
