@@ -111,3 +111,24 @@ def machine() -> dict[str, Any]:
 
 
 # --- main ------------------------------------------------------------------------------------
+
+
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per cpu, from /proc/stat: (ticks the hypervisor gave to other guests, all ticks). Empty where unknown."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for line in Path('/proc/stat').read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith('cpu') and name != 'cpu' and len(fields) >= 8:
+                ticks = [int(field) for field in fields[:8]]  # user nice system idle iowait irq softirq steal
+                out[name[3:]] = (ticks[7], sum(ticks))
+    return out
+
+
+def steal_percent(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """The share of each cpu's time that the hypervisor took (steal time) between two `cpu_ticks()`."""
+    out = {}
+    for cpu, (steal, total) in after.items():
+        if cpu in before and total > before[cpu][1]:
+            out[cpu] = 100 * (steal - before[cpu][0]) / (total - before[cpu][1])
+    return out

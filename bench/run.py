@@ -46,7 +46,7 @@ from bench.measure import (
     stored_size,
     timed_run,
 )
-from bench.report import chart, machine, print_header, print_memory, print_rows, targets_met
+from bench.report import chart, cpu_ticks, machine, print_header, print_memory, print_rows, steal_percent, targets_met
 from bench.servers import BENCH, LOAD_CPU, ROOT, SERVER_CPU, Server, running, start_ceiling, start_memsvc, start_redis
 from tests.servers import RedisServer
 
@@ -312,13 +312,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         f'{results["machine"]["load_average_at_start"][0]:.2f}; server on cpu {SERVER_CPU}, wrk and redis-server on '
         f'cpu {LOAD_CPU}; {CONNECTIONS} connections, {args.seconds} s per run'
     )
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         run_all(args, results)
     finally:  # what was measured is kept, also when a section failed
         results['seconds'] = time.monotonic() - started
+        results['machine']['steal_percent'] = steal_percent(ticks, cpu_ticks())
         args.out.write_text(json.dumps(results, indent=2) + '\n')
+    if results['machine']['steal_percent']:  # a VM's neighbours: a share of the cores this run did not get
+        taken = ', '.join(f'cpu {cpu} {share:.0f} %' for cpu, share in results['machine']['steal_percent'].items())
+        print(f'\nsteal time (the hypervisor ran other guests on our cores) during this run: {taken}')
     results['targets'] = targets_met(results)
     print('\ntargets (issue 5)')
     for check in results['targets']:
