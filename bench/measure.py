@@ -59,7 +59,7 @@ def growth_prefix(level: int, run: int) -> str:
     return f'growth{level}-{run}'
 
 
-# --- processes -------------------------------------------------------------------------------
+# --- wrk -------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -187,6 +187,3 @@ def stored_size(url: str, sessions: Sequence[str]) -> float:
                 total += len(json.dumps(item, separators=(',', ':'), ensure_ascii=False).encode())
                 count += 1
     return total / count
-
-
-# --- sections --------------------------------------------------------------------------------

@@ -110,9 +110,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-# --- main ------------------------------------------------------------------------------------
-
-
 def cpu_ticks() -> dict[str, tuple[int, int]]:
     """Per cpu, from /proc/stat: (ticks the hypervisor gave to other guests, all ticks). Empty where unknown."""
     out = {}

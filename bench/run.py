@@ -71,10 +71,10 @@ def section_main(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for scenario in scenarios:
-        figures = measure(
+        measured = measure(
             targets, scenario, rounds=rounds, seconds=args.seconds, warmup=args.warmup, connections=connections
         )
-        results[scenario.name] = {'label': scenario.label, **figures}
+        results[scenario.name] = {'label': scenario.label, **measured}
         print_rows(scenario, results[scenario.name], targets)
     return results
 

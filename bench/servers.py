@@ -143,9 +143,6 @@ def start_redis(workdir: Path) -> RedisServer:
     return server
 
 
-# --- wrk -------------------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
 def running(servers: list[Server]) -> Iterator[list[Server]]:
     try:
