@@ -3,6 +3,7 @@
 Backends are real servers the suite starts itself on free loopback ports (see `servers.py`).
 """
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from memsvc.settings import Settings
 from memsvc.stores import Store, open_store
 from tests.chroma_server import ChromaServer, chroma_server
 from tests.conformance import CheckedClient, Conformance
+from tests.helpers import is_memsvc_variable
 from tests.servers import RedisClusterServers, RedisServer, redis_cluster, redis_server
 
 __all__ = ['chroma_server', 'redis_cluster', 'redis_server']  # fixtures, re-exported so that pytest finds them
@@ -24,6 +26,15 @@ __all__ = ['chroma_server', 'redis_cluster', 'redis_server']  # fixtures, re-exp
 STORE_KINDS = ['in_memory', 'redis', 'redis_cluster', 'chroma', 'chroma_server']
 
 _KEY_PREFIX = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True)
+def _without_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without the memsvc variables of the shell that runs pytest (`MEMSVC_*`, `MEMORY_TYPE`,
+    `REDIS_*`, `CHROMA_*`): a `Settings()` built in a test, and a memsvc process given `os.environ`, see
+    the defaults and what the test itself sets. Restored after the test."""
+    for name in [name for name in os.environ if is_memsvc_variable(name)]:
+        monkeypatch.delenv(name)
 
 
 def key_prefix_for(request: pytest.FixtureRequest) -> str:

@@ -6,7 +6,6 @@ is a 3-master Redis Cluster built with `redis-cli --cluster create`. Never the m
 """
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -20,13 +19,6 @@ import pytest
 import redis
 
 START_TIMEOUT_SECONDS = 15.0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without memsvc's variables, plus `extra`: for a memsvc process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith('MEMSVC_') and k not in ('MEMORY_TYPE', 'REDIS_URL')}
-    env.update(extra)
-    return env
 
 
 def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:

@@ -29,7 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.servers import RedisServer, clean_env, free_port, wait_until_serving
+from tests.helpers import clean_env
+from tests.servers import RedisServer, free_port, wait_until_serving
 
 API = '/api/v1/chat'
 RETRY_FOR_SECONDS = 30.0

@@ -2,7 +2,6 @@
 messages, outages of a real Chroma server, the embedding model, and no network at run time."""
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
 from tests.chroma_server import ChromaServer, free_port
 from tests.conftest import contents, key_prefix_for, make_settings, parsed
+from tests.helpers import clean_env
 
 T = 'default'
 CHROMA_KINDS = ['chroma', 'chroma_server']
@@ -256,8 +256,7 @@ async def test_unreachable_server_at_start_names_the_address() -> None:
 
 def test_serve_refuses_to_start_without_its_chroma_server() -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('MEMSVC_', 'CHROMA_')) and k != 'MEMORY_TYPE'}
-    env.update(MEMORY_TYPE='chroma', CHROMA_HOST='127.0.0.1', CHROMA_PORT=str(port), MEMSVC_PORT=str(free_port()))
+    env = clean_env(MEMORY_TYPE='chroma', CHROMA_HOST='127.0.0.1', CHROMA_PORT=str(port), MEMSVC_PORT=str(free_port()))
     done = subprocess.run(
         [sys.executable, '-m', 'memsvc', 'serve'], env=env, capture_output=True, text=True, timeout=120, check=False
     )

@@ -1,9 +1,11 @@
 """Settings: names from the environment, defaults, and the example file documenting every variable."""
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import AliasChoices
 
 from memsvc.settings import Settings, env_name
 
@@ -40,6 +42,35 @@ def test_seed_names_and_memsvc_names_are_read(monkeypatch: pytest.MonkeyPatch) -
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv('MEMSVC_PORT', '9000')
     assert Settings(port=9100).port == 9100
+
+
+def read_names() -> list[str]:
+    """Every environment variable `Settings` reads: each field's aliases, or its MEMSVC_ name."""
+    names = []
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names += [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else [f'MEMSVC_{field.upper()}']
+    return names
+
+
+@pytest.fixture(scope='module')
+def shell_with_memsvc_variables() -> Iterator[None]:
+    """A shell that set every variable memsvc reads, to something other than its default (in upper and lower
+    case: pydantic-settings reads both). Module-scoped, so it is set before conftest's function-scoped fixture
+    that clears them runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in read_names():
+            patch.setenv(name, 'set-by-the-shell')
+        patch.setenv('memsvc_max_body_bytes', '2048')
+        patch.setenv('MEMSVC_MAX_BODY_BYTES', '4096')
+        yield
+
+
+@pytest.mark.usefixtures('shell_with_memsvc_variables')
+def test_tests_see_the_defaults_whatever_the_shell_set() -> None:
+    settings = Settings()
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings == Settings.model_construct(), 'every setting is its default'
 
 
 def test_empty_variables_mean_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
