@@ -19,7 +19,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -40,6 +39,8 @@ from memsvc.embeddings import Embedder
 from memsvc.models import NewMessage, encode_message, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import open_store
+from tests.chroma_server import ChromaServer
+from tests.servers import free_port
 
 Array = npt.NDArray[np.float32]
 
@@ -257,49 +258,13 @@ def latency(sizes: list[int], server: bool, path: Path | None, samples: int, pre
         asyncio.run(_latency(Settings(memory_type='chroma', chroma_persist_directory=directory, key_prefix=prefix),
                              sizes, samples, loaded))  # fmt: skip
         return
-    with _chroma_server(path) as port:
-        print(f'Chroma server on 127.0.0.1:{port}')
-        settings = Settings(memory_type='chroma', chroma_host='127.0.0.1', chroma_port=port, key_prefix=prefix)
+    chroma = ChromaServer.start(path or Path(tempfile.mkdtemp(prefix='memsvc-chroma-server-')))
+    try:
+        print(f'Chroma server on 127.0.0.1:{chroma.port}, its data and log in {chroma.directory}')
+        settings = Settings(memory_type='chroma', chroma_host='127.0.0.1', chroma_port=chroma.port, key_prefix=prefix)
         asyncio.run(_latency(settings, sizes, samples, loaded))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
-
-
-class _Server:
-    def __init__(self, path: Path | None) -> None:
-        self.path = path or Path(tempfile.mkdtemp(prefix='memsvc-chroma-server-'))
-        self.port = _free_port()
-        chroma = shutil.which('chroma') or str(Path(sys.executable).parent / 'chroma')
-        self.process = subprocess.Popen(
-            [chroma, 'run', '--path', str(self.path), '--host', '127.0.0.1', '--port', str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(('127.0.0.1', self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError('chroma run did not listen')
-
-
-class _chroma_server:
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-
-    def __enter__(self) -> int:
-        self._server = _Server(self._path)
-        return self._server.port
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.process.send_signal(signal.SIGTERM)
-        self._server.process.wait(timeout=30)
+    finally:
+        chroma.stop()
 
 
 # --- install size and RSS --------------------------------------------------------------------
@@ -381,7 +346,7 @@ def rss() -> None:
     import urllib.error
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     directory = Path(tempfile.mkdtemp(prefix='memsvc-chroma-rss-'))
     env = {**os.environ, 'MEMORY_TYPE': 'chroma', 'CHROMA_PERSIST_DIRECTORY': str(directory), 'MEMSVC_PORT': str(port)}
     env['MEMSVC_STORE_TIMEOUT_SECONDS'] = '300'  # embedding 100 long messages can take longer than the default

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -43,20 +42,6 @@ def key_prefix_for(request: pytest.FixtureRequest) -> str:
     if _KEY_PREFIX not in stash:
         stash[_KEY_PREFIX] = f'test-{uuid.uuid4().hex[:16]}'
     return stash[_KEY_PREFIX]
-
-
-def parsed(messages: bytes | list[bytes] | None) -> list[dict[str, Any]]:
-    """Messages as a store gives them: one JSON array (`get_messages`) or a list of encoded messages."""
-    assert messages is not None
-    return orjson.loads(messages) if isinstance(messages, bytes) else [orjson.loads(m) for m in messages]
-
-
-def contents(messages: bytes | list[bytes] | None) -> list[str]:
-    return [m['content'] for m in parsed(messages)]
-
-
-def ids(messages: bytes | list[bytes] | None) -> list[int]:
-    return [m['id'] for m in parsed(messages)]
 
 
 def make_settings(kind: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:

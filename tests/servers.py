@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import pytest
 import redis
@@ -57,55 +58,52 @@ def free_port() -> int:
 
 
 @dataclass
-class RedisServer:
+class ServerProcess:
+    """A server the suite runs as a child process on a port and in a directory of its own, so that a test can
+    stop it, pause it and start it again on both. Subclasses say how to run it and how to tell it answers."""
+
     port: int
     directory: Path
-    extra_args: Sequence[str] = ()
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    name: ClassVar[str]
+    start_timeout: ClassVar[float] = START_TIMEOUT_SECONDS
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
 
     @classmethod
-    def start(cls, directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> 'RedisServer':
+    def start(cls, directory: Path, port: int | None = None, **options: Any) -> Self:
         directory.mkdir(parents=True, exist_ok=True)
-        server = cls(port=port or free_port(), directory=directory, extra_args=extra_args)
+        server = cls(port=port or free_port(), directory=directory, **options)
         server.launch()
         return server
 
     @property
-    def url(self) -> str:
-        return f'redis://127.0.0.1:{self.port}/0'
+    def log(self) -> Path:
+        return self.directory / f'{self.name}.log'
 
     def launch(self) -> None:
-        """Start (or start again) on the same port and directory; return once it answers PING."""
+        """Start (or start again) on the same port and directory; return once it answers."""
         assert self.process is None or self.process.poll() is not None, 'already running'
-        args = [
-            redis_binary('redis-server'),
-            '--port', str(self.port),
-            '--bind', '127.0.0.1',
-            '--dir', str(self.directory),
-            '--appendonly', 'yes',
-            '--appendfsync', 'always',
-            '--save', '',
-            '--logfile', 'redis.log',
-            '--daemonize', 'no',
-            *self.extra_args,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
+        with self.log.open('ab') as log:
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while not self.answers():
             if self.process.poll() is not None:
-                raise RuntimeError(f'redis-server on port {self.port} exited at start:\n{self.log_tail()}')
-            try:
-                with redis.Redis(host='127.0.0.1', port=self.port, socket_timeout=1) as client:
-                    client.ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    self.stop(kill=True)
-                    raise RuntimeError(f'redis-server on port {self.port} did not answer:\n{self.log_tail()}') from None
-                time.sleep(0.02)
+                raise RuntimeError(f'{self.name} on port {self.port} exited at start:\n{self.log_tail()}')
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise RuntimeError(f'{self.name} on port {self.port} did not answer:\n{self.log_tail()}')
+            time.sleep(0.02)
 
     def stop(self, *, kill: bool = False) -> None:
-        """SIGTERM (Redis fsyncs its AOF and exits) or, with `kill`, SIGKILL."""
+        """SIGTERM (the server finishes what it writes and exits) or, with `kill`, SIGKILL."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGCONT)
@@ -125,12 +123,48 @@ class RedisServer:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def client(self) -> 'redis.Redis':
-        return redis.Redis(host='127.0.0.1', port=self.port, socket_timeout=5)
-
     def log_tail(self, lines: int = 20) -> str:
-        log = self.directory / 'redis.log'
-        return '\n'.join(log.read_text(errors='replace').splitlines()[-lines:]) if log.exists() else '(no log)'
+        with contextlib.suppress(OSError):
+            return '\n'.join(self.log.read_text(errors='replace').splitlines()[-lines:])
+        return '(no log)'
+
+
+@dataclass
+class RedisServer(ServerProcess):
+    """SIGTERM makes Redis fsync its AOF before it exits; with fsync on every write (the default here), even
+    SIGKILL loses no acknowledged write."""
+
+    extra_args: Sequence[str] = ()
+
+    name: ClassVar[str] = 'redis-server'
+
+    @property
+    def url(self) -> str:
+        return f'redis://127.0.0.1:{self.port}/0'
+
+    def command(self) -> list[str]:
+        return [
+            redis_binary('redis-server'),
+            '--port', str(self.port),
+            '--bind', '127.0.0.1',
+            '--dir', str(self.directory),
+            '--appendonly', 'yes',
+            '--appendfsync', 'always',
+            '--save', '',
+            '--daemonize', 'no',
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def answers(self) -> bool:
+        try:
+            with self.client(socket_timeout=1) as client:
+                client.ping()
+        except redis.RedisError:
+            return False
+        return True
+
+    def client(self, socket_timeout: float = 5) -> 'redis.Redis':
+        return redis.Redis(host='127.0.0.1', port=self.port, socket_timeout=socket_timeout)
 
 
 @dataclass
@@ -150,7 +184,7 @@ class RedisClusterServers:
                     '--cluster-node-timeout', '5000',
                     '--appendfsync', 'everysec',
                 ]  # fmt: skip
-                nodes.append(RedisServer.start(directory / f'node{n}', ports[n], cluster_args))
+                nodes.append(RedisServer.start(directory / f'node{n}', ports[n], extra_args=cluster_args))
             create = [
                 redis_binary('redis-cli'),
                 '--cluster', 'create',

@@ -29,10 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import clean_env
+from tests.helpers import API, clean_env
 from tests.servers import RedisServer, free_port, wait_until_serving
 
-API = '/api/v1/chat'
 RETRY_FOR_SECONDS = 30.0
 REQUEST_TIMEOUT = 10.0
 SETTLE_SECONDS = 1.0

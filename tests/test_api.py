@@ -7,8 +7,8 @@ import pytest
 
 from tests.conformance import CheckedClient
 from tests.conftest import STORE_KINDS
+from tests.helpers import API
 
-API = '/api/v1/chat'
 RFC3339_Z = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$')
 JSON = {'Content-Type': 'application/json'}
 

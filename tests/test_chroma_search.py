@@ -16,8 +16,8 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from tests.conformance import CheckedClient
 from tests.conftest import make_settings
+from tests.helpers import API
 
-API = '/api/v1/chat'
 CHROMA_KINDS = ['chroma', 'chroma_server']
 
 # Distinct topics; each query shares no content word with its target (checked below), so only meaning can match.

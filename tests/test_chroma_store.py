@@ -13,28 +13,23 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from memsvc.embeddings import Embedder
 from memsvc.errors import BackendUnavailable, NotSupported, SessionNotFound
-from memsvc.models import NewMessage, SessionRecord, encode_message, json_array, utc_now
+from memsvc.models import SessionRecord, json_array, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
-from tests.chroma_server import ChromaServer, free_port
-from tests.conftest import contents, key_prefix_for, make_settings, parsed
-from tests.helpers import clean_env
+from tests.chroma_server import ChromaServer
+from tests.conftest import key_prefix_for, make_settings
+from tests.helpers import body, clean_env, contents, parsed
+from tests.servers import free_port
 
 T = 'default'
 CHROMA_KINDS = ['chroma', 'chroma_server']
-
-
-def body(content: str, role: str = 'user', **fields: Any) -> bytes:
-    return encode_message(
-        TypeAdapter(NewMessage).validate_python({'role': role, 'content': content, **fields}), utc_now()
-    )
 
 
 @pytest.fixture(params=CHROMA_KINDS)

@@ -16,8 +16,8 @@ from memsvc.logs import configure_logging
 from memsvc.manager import AsyncMemoryManager
 from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
+from tests.helpers import API
 
-API = '/api/v1/chat'
 JSON = {'Content-Type': 'application/json'}
 SESSION_ROUTES = [
     ('GET', '/sessions/{}'),

@@ -7,8 +7,7 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from tests.conformance import CheckedClient, Conformance
 from tests.conftest import make_settings
-
-API = '/api/v1/chat'
+from tests.helpers import API
 
 
 async def limited(

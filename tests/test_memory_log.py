@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from memsvc.models import NewMessage, encode_message, utc_now
 from memsvc.stores.base import Limits, MessageRange
 from memsvc.stores.memory import MemoryStore
-from tests.conftest import parsed
+from tests.helpers import parsed
 
 T = 'default'
 ids_or_none = st.none() | st.integers(0, 40)

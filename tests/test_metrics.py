@@ -10,9 +10,8 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from tests.conformance import CheckedClient, Conformance
 from tests.conftest import make_settings
+from tests.helpers import API
 from tests.servers import RedisServer
-
-API = '/api/v1/chat'
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -19,9 +19,9 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from memsvc.settings import Settings
 from memsvc.stores.redis_client import masked_url
+from tests.helpers import API
 from tests.servers import RedisServer, free_port
 
-API = '/api/v1/chat'
 PROMISED_SECONDS = 2.0
 
 

@@ -20,10 +20,10 @@ from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from tests.conftest import make_settings
+from tests.helpers import API
 from tests.servers import RedisServer, free_port
 from tests.test_metrics import request_counts
 
-API = '/api/v1/chat'
 WRITERS = 50
 PER_WRITER = 20
 

@@ -12,20 +12,17 @@ from redis.crc import key_slot
 
 import memsvc.stores.redis as redis_store
 from memsvc.errors import BackendUnavailable, NotSupported
-from memsvc.models import NewMessage, SessionRecord, encode_message, to_micros, utc_now
+from memsvc.models import SessionRecord, to_micros, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.redis import RedisKeys
 from memsvc.stores.redis_client import Client, create_client, masked_url
-from tests.conftest import ids, make_settings, parsed
+from tests.conftest import make_settings
+from tests.helpers import body, ids, parsed
 from tests.servers import free_port
 
 T = 'default'
 REDIS_KINDS = ['redis', 'redis_cluster']
-
-
-def body(content: str) -> bytes:
-    return encode_message(NewMessage(role='user', content=content), utc_now())
 
 
 @pytest.fixture

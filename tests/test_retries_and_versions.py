@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from tests.conformance import CheckedClient
+from tests.helpers import API
 
-API = '/api/v1/chat'
 PAIR = [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
 
 

@@ -7,10 +7,10 @@ import orjson
 import pytest
 
 from memsvc.errors import IdempotencyKeyReused, InvalidInput, PreconditionFailed
-from memsvc.models import NewMessage, Role, SessionRecord, encode_message, json_array, to_micros, utc_now
+from memsvc.models import NewMessage, SessionRecord, encode_message, json_array, to_micros, utc_now
 from memsvc.stores import MessageRange, Store
 from memsvc.stores.base import ANY_VERSION, Idempotency
-from tests.conftest import contents, ids, parsed
+from tests.helpers import body, contents, ids, parsed
 
 T = 'default'
 
@@ -18,10 +18,6 @@ T = 'default'
 def record(session_id: str, metadata: bytes = b'{}') -> SessionRecord:
     now = utc_now()
     return SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=metadata, version=0)
-
-
-def body(content: str, role: Role = 'user') -> bytes:
-    return encode_message(NewMessage(role=role, content=content), utc_now())
 
 
 async def append(store: Store, session_id: str, *texts: str) -> list[bytes]:

@@ -10,8 +10,8 @@ from memsvc.app import create_app
 from memsvc.auth import Keyring, parse_api_keys
 from memsvc.settings import Settings, describe_error
 from tests.conformance import CheckedClient, Conformance
+from tests.helpers import API
 
-API = '/api/v1/chat'
 ALICE = {'Authorization': 'Bearer key-of-alice'}
 BOB = {'Authorization': 'Bearer key-of-bob'}
 
