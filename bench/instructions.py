@@ -1,12 +1,12 @@
 """`python -m bench.instructions`: instructions per request, counted by callgrind, for A/B work on hot paths.
 
-wrk's req/s on a shared VM moves by 10-20 % between runs; an instruction count does not (repeatable to
-~1 %), so it shows a change of 2 % that a timed run cannot. This feeds raw HTTP requests to the app's
-aiohttp request handler in this process, through 64 fake connections with one request in flight on
-each (as wrk -c64), and runs that under `valgrind --tool=callgrind` twice (N and 4N requests): the
-difference divided by 3N is the cost of one request, start-up excluded. Syscalls are not counted, and
-instructions are not time (cache misses are not in them): use it to compare changes, `make bench` to
-report speed.
+wrk's req/s on a shared VM moves between runs by more than the changes this is for; an instruction count
+barely moves, so it shows a change of a few percent that a timed run cannot (bench/results/notes.md). This
+feeds raw HTTP requests to the app's aiohttp request handler in this process, through 64 fake connections
+with one request in flight on each (as wrk -c64), and runs that under `valgrind --tool=callgrind` twice (N
+and 4N requests): the difference divided by 3N is the cost of one request, start-up excluded. Syscalls are
+not counted, and instructions are not time (cache misses are not in them): use it to compare changes,
+`make bench` to report speed.
 
     python -m bench.instructions append                 # memsvc on in_memory, one message per request
     python -m bench.instructions get20 --store redis    # needs REDIS_URL (default 127.0.0.1:6379)
@@ -156,7 +156,7 @@ def main() -> None:
         return
     if args.store == 'redis' and not args.ceiling:
         # The first run against a Redis loads memsvc's scripts into it (NOSCRIPT, then SCRIPT LOAD), which later
-        # runs do not pay: counted in the N run only, it made the difference 46 % too small (204k for 375k).
+        # runs do not pay: counted in the N run only, it would make the difference far too small.
         _instructions(args, args.count)
     low, high = _instructions(args, args.count), _instructions(args, 4 * args.count)
     name = 'ceiling' if args.ceiling else f'memsvc-{args.store}'

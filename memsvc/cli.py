@@ -54,15 +54,14 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 GC_YOUNG_THRESHOLD = 7_000
 """Allocations between collections of the youngest generation (Python's default: 700). A request that waits
-for Redis keeps its ~40 objects alive while others run, so at the default each collection traversed the
-objects of every request in flight: 243 young collections per 10,700 Redis requests against 11 on the
-in-memory store. At 7,000: 417k -> 396k instructions per Redis append (callgrind, 64 in flight)."""
+for Redis keeps its objects alive while others run, so at the default the young collections come often on
+a Redis store and each traverses the objects of every request in flight; ten times the default makes them
+rare (bench/results/notes.md)."""
 
 
 async def _freeze_start_up_objects(app: web.Application) -> None:
     """The last start-up step: the objects made so far (modules, classes, functions, the app and its store)
-    live as long as the process, so the cyclic collector's full passes need not visit them again: 51k
-    objects, 9 ms a pass, before the first request."""
+    live as long as the process, so the cyclic collector's full passes need not visit them again."""
     gc.collect()
     gc.freeze()
 

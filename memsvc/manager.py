@@ -1,8 +1,11 @@
 """AsyncMemoryManager: the rules between the routes and a store.
 
 It checks session ids (they become storage keys, so no store ever sees one outside the allowed
-characters), assigns ids and timestamps, enforces the configured bounds, turns the store's
-`None`/`False` into domain errors, and encodes listing cursors. It knows nothing about HTTP.
+characters), assigns session ids and timestamps, bounds what a request carries (batch size, content
+length, metadata), turns the store's `None`/`False` into domain errors, and encodes listing cursors.
+The rules that depend on what is stored (message ids, versions, the session limits, Idempotency-Key
+replay) are the stores', atomic with their writes: `stores/base.py` says which and why. It knows
+nothing about HTTP.
 """
 
 import base64
@@ -196,7 +199,8 @@ class AsyncMemoryManager:
     ) -> Idempotency | None:
         """The record of a client's Idempotency-Key: its digest, and a fingerprint of what was asked, taken
         from the validated request so that a retry with another spacing or key order still matches. `asked`
-        gives the request as data; it is called only with a key (a model_dump costs ~1 µs a message)."""
+        gives the request as data; it is called only with a key, so that requests without one pay for no
+        model_dump."""
         if key is None:
             return None
         request = orjson.dumps([operation, session_id, asked()], option=orjson.OPT_SORT_KEYS)

@@ -6,9 +6,9 @@ files in that directory, and `/metrics` in any worker answers for all of them.
 
 Requests and store operations are tallied in plain Python first and added to the prometheus_client
 metrics in batches: at every `/metrics` answer of this process and once a second (`flush`). Calling
-prometheus_client per request cost ~5 µs of the ~40 µs memsvc adds to a request on top of aiohttp
-(a lock per counter and a loop over the buckets per histogram; a memory-mapped file write each with
-`--workers`); the tally costs a dict lookup and two additions. Other workers' samples are at most a
+prometheus_client per request takes a lock per counter and a loop over the buckets per histogram (and a
+memory-mapped file write each with `--workers`), a noticeable share of what memsvc adds to a request on top
+of aiohttp; the tally costs a dict lookup and two additions. Other workers' samples are at most a
 second old; this process's are exact.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 MULTIPROC_ENV = 'PROMETHEUS_MULTIPROC_DIR'
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 FLUSH_SECONDS = 1.0
-# From a loopback round trip (~0.2 ms) up to the store timeouts.
+# From about one loopback round trip up to the store timeouts.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _Tally = list[float]

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     def store_deadline(self) -> float | None:
         """The deadline of one store operation: none in memory (nothing there waits); on Chroma, whose appends
-        include computing the embeddings (5-13 s for a batch of 100 long messages on two cores), 60 s."""
+        include computing the embeddings (seconds for a full batch of long messages on a small machine), 60 s."""
         if self.memory_type == 'in_memory':
             return None
         if self.store_timeout_seconds is not None:

@@ -1,4 +1,18 @@
-"""The storage contract. Stores know storage only: rules live in the manager, HTTP in the routes.
+"""The storage contract, and which rules live on which side of it.
+
+The manager keeps the rules that need only the request: session ids are checked before they reach a storage
+key; a request's size is bounded (messages per batch, content length, metadata keys and bytes); session ids
+and message timestamps are assigned; an Idempotency-Key becomes a digest and a fingerprint of the request;
+listing cursors are encoded; a store's `None`/`False` becomes a domain error. The routes know HTTP.
+
+The stores keep the rules that depend on what is stored, because only there can a rule hold in the same
+atomic step as the write it guards, also between replicas sharing one backend (a check made by the manager
+before the write could be overtaken by another replica's write in between): message ids (consecutive in a
+session, never reused) and session versions, creating the session on its first append, the
+`expected_version` precondition (`check_version`), the `Limits` (trim or `SessionFull`;
+`SessionLimitReached`), the replay of a recorded Idempotency-Key (`IdempotencyKeyReused`), and, on Redis,
+the expiry of idle sessions. (One of these is not atomic: on Redis Cluster a tenant's session count lives in
+another slot than the session, so near the limit concurrent creates can pass it together; see `RedisStore`.)
 
 Absence is reported as `None`/`False`, never raised; a backend that cannot answer raises
 `BackendUnavailable` (translated inside the store, so nothing above it sees a client library's

@@ -5,15 +5,15 @@ middle of a change, so every method is atomic by construction. A session's messa
 bytes they were encoded to, in a `_Log`; their ids are consecutive (`first_id` is the id of the log's
 first message), so reads by id or from the end are slices. The listing is a sorted list of
 (updated_at, id), read from its end (newest first), so a page is a bisect and a slice; a write only notes
-that its session moved, and the next listing re-sorts the sessions that moved (keeping the list sorted
-on every append cost 5 µs of the append's ~60). Idempotency records live beside the sessions of their
-tenant, keyed by (session id, key), in the order they expire.
+that its session moved, and the next listing re-sorts the sessions that moved, so that an append does not
+pay for keeping the list sorted. Idempotency records live beside the sessions of their tenant, keyed by
+(session id, key), in the order they expire.
 
 What is held is kept out of the way of Python's cyclic garbage collector, whose full passes visit every
 object a tracked container refers to, and come each time the tracked objects have grown by a quarter:
-a session is two tracked objects (`_Session`, `_Log`), whatever it holds. With a list of bytes per
-session instead of a `_Log`, a full pass over 100,000 sessions of 10 messages took 95 ms (the pass
-reads the header of every message), and the create-session p99 of `make bench` was 59 ms.
+a session is two tracked objects (`_Session`, `_Log`), whatever it holds, so a pass costs per session,
+not per message (a list of bytes per session would have the pass read the header of every message,
+a pause that shows in the tail latency of every request).
 """
 
 import time
@@ -54,7 +54,7 @@ class _Log:
             end += len(message) + 1
             ends.append(end)
         # The messages in one addition: the buffer grows (and may move) once per append rather than once
-        # per message, whose many sizes left the heap fragmented (make bench: 643 -> 481 bytes a message).
+        # per message, whose many sizes would leave the heap fragmented (more memory per stored message).
         self.text += b','.join(messages) + b','
 
     def drop_oldest(self, count: int) -> None:
