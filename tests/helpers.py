@@ -1,8 +1,7 @@
-"""Plain helpers shared by the tests: the API's base path, messages as stores take and give them, and the
+"""Plain helpers shared by the tests: the API's base path, messages as stores take and give them, and which
 environment memsvc reads. The fixtures live in `conftest.py`, the servers the suite starts in `servers.py`
 and `chroma_server.py`."""
 
-import os
 from typing import Any
 
 import orjson
@@ -47,10 +46,3 @@ def is_memsvc_variable(name: str) -> bool:
     `PROMETHEUS_MULTIPROC_DIR`. pydantic-settings matches names in any case, so this does too."""
     upper = name.upper()
     return upper.startswith(_PREFIXES) or upper in _NAMES
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without memsvc's variables, plus `extra`: for a memsvc process."""
-    env = {name: value for name, value in os.environ.items() if not is_memsvc_variable(name)}
-    env.update(extra)
-    return env

@@ -6,6 +6,7 @@ is a 3-master Redis Cluster built with `redis-cli --cluster create`. Never the m
 """
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -19,7 +20,16 @@ from typing import Any, ClassVar, Self
 import pytest
 import redis
 
+from tests.helpers import is_memsvc_variable
+
 START_TIMEOUT_SECONDS = 15.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without memsvc's variables, plus `extra`: for a memsvc process."""
+    env = {name: value for name, value in os.environ.items() if not is_memsvc_variable(name)}
+    env.update(extra)
+    return env
 
 
 def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:

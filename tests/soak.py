@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import API, clean_env
-from tests.servers import RedisServer, free_port, wait_until_serving
+from tests.helpers import API
+from tests.servers import RedisServer, clean_env, free_port, wait_until_serving
 
 RETRY_FOR_SECONDS = 30.0
 REQUEST_TIMEOUT = 10.0

@@ -25,8 +25,8 @@ from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
 from tests.chroma_server import ChromaServer
 from tests.conftest import key_prefix_for, make_settings
-from tests.helpers import body, clean_env, contents, parsed
-from tests.servers import free_port
+from tests.helpers import body, contents, parsed
+from tests.servers import clean_env, free_port
 
 T = 'default'
 CHROMA_KINDS = ['chroma', 'chroma_server']

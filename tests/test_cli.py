@@ -11,8 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.helpers import clean_env
-from tests.servers import RedisServer, free_port, wait_until_serving
+from tests.servers import RedisServer, clean_env, free_port, wait_until_serving
 
 
 def http(port: int, method: str, path: str, body: bytes = b'') -> tuple[int, bytes]:

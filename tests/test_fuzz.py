@@ -23,8 +23,7 @@ from schemathesis.checks import (
 
 from memsvc.openapi import build_openapi
 from memsvc.settings import Settings
-from tests.helpers import clean_env
-from tests.servers import RedisServer, free_port, wait_until_serving
+from tests.servers import RedisServer, clean_env, free_port, wait_until_serving
 
 EXAMPLES_PER_OPERATION = 40
 CHECKS = [
