@@ -1,4 +1,8 @@
-"""Domain errors. Nothing here knows about HTTP; `endpoint.py` maps each class to a status."""
+"""Every error a client may see, as one family: the domain errors the manager and the stores raise, and
+the request errors the HTTP layer raises before a request reaches the manager (a bad parameter, header
+or body, an unknown route). Nothing here knows a status code: `endpoint.py` maps each class to one, in
+one table, so that another envelope (part 2's `/v1` API) can answer the same errors in its own shape.
+"""
 
 
 class MemsvcError(Exception):
@@ -27,11 +31,19 @@ class InvalidSessionId(MemsvcError):
         super().__init__('a session id is 1-128 characters of A-Z a-z 0-9 _ - . :')
 
 
-class InvalidCursor(MemsvcError):
+class InvalidParameter(MemsvcError):
+    """A query parameter outside its declared bounds, or given twice; `name` is the parameter."""
+
     code = 'invalid_parameter'
 
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f'{name}: {problem}')
+        self.name = name
+
+
+class InvalidCursor(InvalidParameter):
     def __init__(self) -> None:
-        super().__init__('cursor: not a cursor this service handed out')
+        super().__init__('cursor', 'not a cursor this service handed out')
 
 
 class SessionExists(MemsvcError):
@@ -90,6 +102,79 @@ class InvalidInput(MemsvcError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f'{field}: {problem}' if field else problem)
         self.field = field
+
+
+class InvalidHeader(MemsvcError):
+    """A request header (If-Match, Idempotency-Key) that does not match its declared pattern."""
+
+    code = 'invalid_header'
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f'{name}: {problem}')
+        self.name = name
+
+
+class MalformedJson(MemsvcError):
+    """A body that is missing where one is needed, or is not JSON."""
+
+    code = 'malformed_json'
+
+
+class UnsupportedMediaType(MemsvcError):
+    code = 'unsupported_media_type'
+
+    def __init__(self) -> None:
+        super().__init__('send the body as JSON with "Content-Type: application/json"')
+
+
+class BodyTooLarge(MemsvcError):
+    """A body longer than `MEMSVC_MAX_BODY_BYTES`; it was not read in full."""
+
+    code = 'body_too_large'
+
+
+class IncompleteRequest(MemsvcError):
+    """The client closed the connection before its request was read in full; nobody reads this answer."""
+
+    code = 'incomplete_request'
+
+    def __init__(self) -> None:
+        super().__init__('the connection closed before the request was complete')
+
+
+class Unauthorized(MemsvcError):
+    """API keys are configured and the request carries none of them."""
+
+    code = 'unauthorized'
+
+    def __init__(self) -> None:
+        super().__init__('send the API key as "Authorization: Bearer <key>"')
+
+
+class RouteNotFound(MemsvcError):
+    code = 'not_found'
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f'no route for {path}')
+
+
+class MethodNotAllowed(MemsvcError):
+    """A path that other methods serve; `allowed` lists them, sorted."""
+
+    code = 'method_not_allowed'
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f'{method} is not allowed on {path}; allowed: {",".join(allowed)}')
+        self.allowed = allowed
+
+
+class InternalError(MemsvcError):
+    """A bug: an exception nothing above expected. The message lets an operator find it in the logs."""
+
+    code = 'internal_error'
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f'the server failed to handle this request; quote request id {request_id}')
 
 
 class NotSupported(MemsvcError):

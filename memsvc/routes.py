@@ -10,8 +10,14 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
-from memsvc.endpoint import ApiError
-from memsvc.errors import BackendUnavailable
+from memsvc.errors import (
+    BackendUnavailable,
+    InvalidHeader,
+    InvalidInput,
+    InvalidParameter,
+    MalformedJson,
+    UnsupportedMediaType,
+)
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, json_array, require_session_id
 from memsvc.stores.base import ANY_VERSION, MessageRange
@@ -49,7 +55,7 @@ def _query(request: web.Request, name: str) -> str | None:
         return None
     values = query.getall(name)
     if len(values) > 1:
-        raise ApiError(400, 'invalid_parameter', f'{name}: give it at most once')
+        raise InvalidParameter(name, 'give it at most once')
     return values[0]
 
 
@@ -58,7 +64,7 @@ def _int_query(request: web.Request, name: str, low: int, high: int, default: in
     if raw is None:
         return default
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise ApiError(400, 'invalid_parameter', f'{name}: must be an integer from {low} to {high}')
+        raise InvalidParameter(name, f'must be an integer from {low} to {high}')
     return int(raw)
 
 
@@ -67,7 +73,7 @@ def _bool_query(request: web.Request, name: str, default: bool) -> bool:
     if raw is None:
         return default
     if raw not in ('true', 'false'):
-        raise ApiError(400, 'invalid_parameter', f'{name}: must be true or false')
+        raise InvalidParameter(name, 'must be true or false')
     return raw == 'true'
 
 
@@ -76,9 +82,9 @@ async def _body(request: web.Request, *, optional: bool = False) -> bytes | None
     if not raw.strip():
         if optional:
             return None
-        raise ApiError(400, 'malformed_json', 'the request needs a JSON body')
+        raise MalformedJson('the request needs a JSON body')
     if request.headers.get('Content-Type') != 'application/json' and not _JSON_TYPE.fullmatch(request.content_type):
-        raise ApiError(415, 'unsupported_media_type', 'send the body as JSON with "Content-Type: application/json"')
+        raise UnsupportedMediaType()
     return raw
 
 
@@ -88,9 +94,9 @@ def _validate(adapter: TypeAdapter[Model], raw: bytes) -> Model:
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         if any(err['type'] == 'json_invalid' for err in errors):
-            raise ApiError(400, 'malformed_json', f'the body is not valid JSON: {errors[0]["msg"]}') from None
+            raise MalformedJson(f'the body is not valid JSON: {errors[0]["msg"]}') from None
         problems = [f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3]]
-        raise ApiError(422, 'validation_error', '; '.join(problems)) from None
+        raise InvalidInput('', '; '.join(problems)) from None
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -110,14 +116,14 @@ def _if_match(request: web.Request) -> int | None:
         return None
     match = _IF_MATCH.fullmatch(raw.strip())
     if match is None:
-        raise ApiError(400, 'invalid_header', 'If-Match: give one ETag as the server sent it, e.g. "3", or *')
+        raise InvalidHeader('If-Match', 'give one ETag as the server sent it, e.g. "3", or *')
     return ANY_VERSION if match.group(1) is None else int(match.group(1))
 
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get('Idempotency-Key')
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(400, 'invalid_header', 'Idempotency-Key: 1 to 255 visible ASCII characters, e.g. a uuid4')
+        raise InvalidHeader('Idempotency-Key', '1 to 255 visible ASCII characters, e.g. a uuid4')
     return key
 
 
@@ -243,14 +249,12 @@ async def clear_messages(request: web.Request) -> web.Response:
 async def _search(request: web.Request, session_id: str | None) -> web.Response:
     query = _query(request, 'q')
     if query is None or not query.strip() or len(query) > MAX_QUERY_CHARS:
-        raise ApiError(
-            400, 'invalid_parameter', f'q: give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces'
-        )
+        raise InvalidParameter('q', f'give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces')
     limit = _int_query(request, 'limit', 1, 50, default=5)
     assert limit is not None
     role = _query(request, 'role')
     if role is not None and role not in ROLES:
-        raise ApiError(400, 'invalid_parameter', f'role: must be one of {", ".join(ROLES)}')
+        raise InvalidParameter('role', f'must be one of {", ".join(ROLES)}')
     hits = await request.app[MANAGER].search(request[TENANT], query, limit=limit, session_id=session_id, role=role)
     return _json(
         [{'session_id': hit.session_id, 'message': orjson.Fragment(hit.message), 'score': hit.score} for hit in hits]
