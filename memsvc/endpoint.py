@@ -15,6 +15,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -46,6 +47,9 @@ from memsvc.errors import (
 )
 from memsvc.logs import CURRENT_REQUEST_ID
 from memsvc.metrics import Metrics
+
+if TYPE_CHECKING:
+    from memsvc.declare import RouteTable
 
 log = logging.getLogger('memsvc')
 
@@ -113,16 +117,16 @@ def error_response_for(exc: MemsvcError) -> web.Response:
     return error_response(status_for(exc), exc.code, exc.message, headers_for(exc))
 
 
-def endpoints(
-    routes: web.RouteTableDef, keyring: Keyring | None, metrics: Metrics, envelope: Envelope = error_response_for
-) -> list[web.RouteDef]:
-    """The routes with their handlers wrapped, and `unmatched` last, for `app.add_routes`.
+def endpoints(routes: 'RouteTable', keyring: Keyring | None, metrics: Metrics) -> list[web.RouteDef]:
+    """The routes with their handlers wrapped, and `unmatched` last, for `app.add_routes`. Errors are
+    answered in the table's envelope (ours unless it names another).
 
     The message routes come first. aiohttp tries the resources under one path prefix (here every
     `/api/v1/chat/sessions...`) in the order they were added, matching each one's regex, and a gateway
     reads and appends messages on every turn: first, those requests skip the other resources' regexes.
     No two of our paths match the same URL, so the order changes nothing else.
     """
+    envelope = routes.envelope or error_response_for
     wrapped = []
     for route in sorted(routes, key=_message_routes_first):
         assert isinstance(route, web.RouteDef)

@@ -1,4 +1,5 @@
-"""The data model: request bodies (pydantic, validated once at the edge) and stored records.
+"""The data model: request bodies (pydantic, validated once at the edge), the JSON shapes the API
+answers with, and stored records. The OpenAPI document's schemas are generated from these types.
 
 Messages are serialized once, when they are appended, and kept as JSON bytes from then on: the
 read paths send those bytes back without building objects again. A stored message looks like
@@ -7,13 +8,16 @@ read paths send those bytes back without building objects again. A stored messag
 
 with `name`, `tool_call_id`, `tool_calls` and `metadata` before the timestamp only when the client sent
 them: fields a client did not send are left out of responses, never returned as null.
+
+A bound that comes from the settings (the longest content, the most metadata keys) is enforced by the
+manager, with its own message; the types carry it for the document only, as `settings_bound(...)`.
 """
 
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, NotRequired, get_args
+from typing import Annotated, Any, Literal, NotRequired, cast, get_args
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, with_config
@@ -48,7 +52,31 @@ def _storable(value: Any) -> Any:
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_storable),
+    Field(description='any JSON object; numbers must be finite and integers fit in 64 bits'),
+]
+
+SETTINGS_BOUND = 'x-settings'
+"""The JSON Schema extension that names, for a keyword, the `Settings` field whose value it takes
+(`{"maxLength": "max_content_chars"}`); a value with braces is a template of settings fields."""
+
+
+def settings_bound(**keywords: str) -> Any:
+    """A `Field` that documents bounds the settings give: `openapi.py` fills them in per deployment."""
+    return Field(json_schema_extra={SETTINGS_BOUND: cast(Any, keywords)})
+
+
+Metadata = Annotated[
+    JsonObject,
+    settings_bound(
+        maxProperties='max_metadata_keys',
+        description='at most {max_metadata_keys} keys and {max_metadata_bytes} bytes as JSON; '
+        'numbers must be finite and integers fit in 64 bits',
+    ),
+]
+ShortText = Annotated[str, Field(max_length=256)]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -69,7 +97,7 @@ def utc_now() -> datetime:
 
 def to_micros(moment: datetime) -> int:
     """Exact microseconds since the epoch: the sort key of the session listing."""
-    delta = moment - EPOCH  # integer fields: a third of the time of `delta // timedelta(microseconds=1)`
+    delta = moment - EPOCH  # integer fields: cheaper than `delta // timedelta(microseconds=1)`
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -83,25 +111,89 @@ class _Body(BaseModel):
 
 @with_config(ConfigDict(extra='forbid'))
 class NewMessage(TypedDict):
-    """One message as a client sends it; `id` and `timestamp` are the server's. A TypedDict rather than a
-    model: validating into a dict and encoding that costs 2.7 µs a message against 4.8 µs for a model and
-    its fields copied out (null is accepted for the optional fields and means left out)."""
+    # A TypedDict rather than a model: validation yields the dict that is encoded, with no object built
+    # and no fields copied out of it. Null is accepted for the optional fields and means left out.
 
     role: Role
-    content: str
-    name: NotRequired[Annotated[str, Field(max_length=256)] | None]
-    tool_call_id: NotRequired[Annotated[str, Field(max_length=256)] | None]
+    content: Annotated[str, settings_bound(maxLength='max_content_chars')]
+    name: NotRequired[ShortText | None]
+    tool_call_id: NotRequired[ShortText | None]
     tool_calls: NotRequired[list[JsonObject] | None]
-    metadata: NotRequired[JsonObject | None]
+    metadata: NotRequired[Metadata | None]
+
+
+NewMessages = Annotated[
+    list[NewMessage], Field(json_schema_extra={'minItems': 1, SETTINGS_BOUND: {'maxItems': 'max_batch'}})
+]
+"""A batch, appended atomically; the manager enforces its length (1 to `MEMSVC_MAX_BATCH`)."""
 
 
 class NewSession(_Body):
     id: SessionId | None = None
-    metadata: JsonObject = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SessionPatch(_Body):
     metadata: JsonObject = Field(description='a JSON merge patch (RFC 7386): null deletes a key')
+
+
+# --- what the API answers with (the stored bytes are sent as they are; these describe them) ----------
+
+
+@with_config(ConfigDict(extra='forbid'))
+class Message(TypedDict):
+    """A stored message; optional fields appear only when the client sent them."""
+
+    id: Annotated[int, Field(ge=1, description='ordered within the session')]
+    role: Role
+    content: str
+    name: NotRequired[str]
+    tool_call_id: NotRequired[str]
+    tool_calls: NotRequired[list[JsonObject]]
+    metadata: NotRequired[JsonObject]
+    timestamp: datetime
+
+
+@with_config(ConfigDict(extra='forbid'))
+class Session(TypedDict):
+    id: SessionId
+    created_at: datetime
+    updated_at: datetime
+    messages: list[Message]
+    metadata: JsonObject
+
+
+@with_config(ConfigDict(extra='forbid', title='SearchHit'))
+class SearchHitBody(TypedDict):
+    session_id: str
+    message: Message
+    score: Annotated[float, Field(description='higher is more similar')]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class Success(TypedDict):
+    success: Literal[True]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class Status(TypedDict):
+    status: str
+
+
+@with_config(ConfigDict(extra='forbid'))
+class ErrorDetail(TypedDict):
+    code: str
+    message: str
+
+
+@with_config(ConfigDict(extra='forbid', title='Error'))
+class ErrorBody(TypedDict):
+    """Every error answer of `/api/v1/` and the operations routes."""
+
+    error: ErrorDetail
+
+
+# --- stored records -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True, frozen=True)

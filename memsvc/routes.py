@@ -1,25 +1,46 @@
-"""HTTP handlers: parse and check the request, call the manager, write JSON. No storage code here."""
+"""HTTP handlers: parse and check the request, call the manager, write JSON. No storage code here.
+
+Each handler is declared once, in its decorator: its parameters, headers, body and answers, which the
+handler reads through and `openapi.py` documents (see `declare.py`).
+"""
 
 import asyncio
-import re
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-import pydantic
 from aiohttp import web
-from pydantic import TypeAdapter
 
 from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
-from memsvc.errors import (
-    BackendUnavailable,
-    InvalidHeader,
-    InvalidInput,
-    InvalidParameter,
-    MalformedJson,
-    UnsupportedMediaType,
+from memsvc.declare import (
+    Header,
+    JsonBody,
+    Operation,
+    PathParam,
+    Reply,
+    ResponseHeader,
+    RouteTable,
+    bool_query,
+    int_query,
+    text_query,
 )
+from memsvc.errors import BackendUnavailable
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from memsvc.models import ROLES, NewMessage, NewSession, SessionPatch, StoredSession, json_array, require_session_id
+from memsvc.models import (
+    ROLES,
+    SESSION_ID_PATTERN,
+    Message,
+    NewMessage,
+    NewMessages,
+    NewSession,
+    SearchHitBody,
+    Session,
+    SessionPatch,
+    Status,
+    StoredSession,
+    Success,
+    json_array,
+    require_session_id,
+)
 from memsvc.stores.base import ANY_VERSION, MessageRange
 
 API = '/api/v1/chat'
@@ -28,103 +49,36 @@ MAX_ID = 2**53 - 1
 MAX_QUERY_CHARS = 2000
 READY_TIMEOUT_SECONDS = 2.0
 
-routes = web.RouteTableDef()
-Model = TypeVar('Model')
-_JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
-_DIGITS = re.compile(r'[0-9]{1,16}')
-_IF_MATCH = re.compile(r'\*|"([0-9]{1,18})"')
-_IDEMPOTENCY_KEY = re.compile(r'[\x21-\x7e]{1,255}')
-_NEW_MESSAGE = TypeAdapter(NewMessage)
-_NEW_MESSAGES = TypeAdapter(list[NewMessage])
-_NEW_SESSION = TypeAdapter(NewSession)
-_SESSION_PATCH = TypeAdapter(SessionPatch)
+routes = RouteTable()
 _SUCCESS = orjson.dumps({'success': True})
 
 
-# --- request parsing -------------------------------------------------------------------------
+# --- what the routes share -------------------------------------------------------------------
 
-
-def _session_id(request: web.Request) -> str:
-    """The path's session id, checked before the body is read (the manager checks it again)."""
-    return require_session_id(request.match_info['session_id'])
-
-
-def _query(request: web.Request, name: str) -> str | None:
-    query = request.query
-    if name not in query:
-        return None
-    values = query.getall(name)
-    if len(values) > 1:
-        raise InvalidParameter(name, 'give it at most once')
-    return values[0]
-
-
-def _int_query(request: web.Request, name: str, low: int, high: int, default: int | None = None) -> int | None:
-    raw = _query(request, name)
-    if raw is None:
-        return default
-    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise InvalidParameter(name, f'must be an integer from {low} to {high}')
-    return int(raw)
-
-
-def _bool_query(request: web.Request, name: str, default: bool) -> bool:
-    raw = _query(request, name)
-    if raw is None:
-        return default
-    if raw not in ('true', 'false'):
-        raise InvalidParameter(name, 'must be true or false')
-    return raw == 'true'
-
-
-async def _body(request: web.Request, *, optional: bool = False) -> bytes | None:
-    raw = await request.read()  # raises 413 beyond MEMSVC_MAX_BODY_BYTES
-    if not raw.strip():
-        if optional:
-            return None
-        raise MalformedJson('the request needs a JSON body')
-    if request.headers.get('Content-Type') != 'application/json' and not _JSON_TYPE.fullmatch(request.content_type):
-        raise UnsupportedMediaType()
-    return raw
-
-
-def _validate(adapter: TypeAdapter[Model], raw: bytes) -> Model:
-    try:
-        return adapter.validate_json(raw)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        if any(err['type'] == 'json_invalid' for err in errors):
-            raise MalformedJson(f'the body is not valid JSON: {errors[0]["msg"]}') from None
-        problems = [f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3]]
-        raise InvalidInput('', '; '.join(problems)) from None
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    out = ''
-    for part in loc:
-        out += f'[{part}]' if isinstance(part, int) else (f'.{part}' if out else part)
-    return out or 'body'
-
-
-# --- response writing ------------------------------------------------------------------------
-
-
-def _if_match(request: web.Request) -> int | None:
-    """The version an `If-Match` header asks for: `"<version>"` as sent in ETags, or `*` (any)."""
-    raw = request.headers.get('If-Match')
-    if raw is None:
-        return None
-    match = _IF_MATCH.fullmatch(raw.strip())
-    if match is None:
-        raise InvalidHeader('If-Match', 'give one ETag as the server sent it, e.g. "3", or *')
-    return ANY_VERSION if match.group(1) is None else int(match.group(1))
-
-
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get('Idempotency-Key')
-    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise InvalidHeader('Idempotency-Key', '1 to 255 visible ASCII characters, e.g. a uuid4')
-    return key
+SESSION_ID = PathParam(
+    'session_id', SESSION_ID_PATTERN, require_session_id, description='the session id'
+)  # checked before the body is read; the manager checks it again
+IF_MATCH = Header(
+    'If-Match',
+    r'\*|"([0-9]{1,18})"',
+    lambda match: ANY_VERSION if match.group(1) is None else int(match.group(1)),
+    description='only if the session is at this version (an ETag, e.g. "3"), or exists (*); 412 otherwise',
+    problem='give one ETag as the server sent it, e.g. "3", or *',
+    strip=True,
+)
+IDEMPOTENCY_KEY = Header(
+    'Idempotency-Key',
+    r'[\x21-\x7e]{1,255}',
+    lambda match: match.group(0),
+    description='a retry with the same key and body returns the first answer and writes nothing again '
+    '(remembered MEMSVC_IDEMPOTENCY_TTL_SECONDS, per session)',
+    problem='1 to 255 visible ASCII characters, e.g. a uuid4',
+)
+NEW_MESSAGE: JsonBody[NewMessage] = JsonBody(NewMessage)
+NEW_MESSAGES: JsonBody[list[NewMessage]] = JsonBody(NewMessages)
+NEW_SESSION: JsonBody[NewSession] = JsonBody(NewSession, required=False)
+SESSION_PATCH: JsonBody[SessionPatch] = JsonBody(SessionPatch)
+ETAG = ResponseHeader('ETag', 'the session version after this request, e.g. "3"')
 
 
 def _etag(version: int) -> dict[str, str]:
@@ -149,14 +103,32 @@ def _session(found: StoredSession) -> dict[str, Any]:
 
 # --- sessions --------------------------------------------------------------------------------
 
+LIST_LIMIT = int_query('limit', 1, 1000, default=100, description='page size')
+CURSOR = text_query(
+    'cursor',
+    schema={'type': 'string', 'minLength': 1, 'pattern': '^[A-Za-z0-9_-]+$'},
+    description='opaque; only from the Link header of the previous page',
+)  # the manager decodes it and answers a bad one
+INCLUDE_MESSAGES = bool_query('include_messages', default=True, description='false: no messages')
+LINK = ResponseHeader('Link', '`<url>; rel="next"` when more sessions follow')
+LOCATION = ResponseHeader('Location', 'the path of the new session')
 
-@routes.get(f'{API}/sessions')
+
+@routes.get(
+    f'{API}/sessions',
+    Operation(
+        'listSessions',
+        'List sessions, newest updated_at first',
+        {200: Reply(list[Session], 'a page of sessions', (LINK,))},
+        errors=(400, 401),
+        params=(LIST_LIMIT, CURSOR, INCLUDE_MESSAGES),
+    ),
+)
 async def list_sessions(request: web.Request) -> web.Response:
-    limit = _int_query(request, 'limit', 1, 1000, default=100)
-    assert limit is not None
-    with_messages = _bool_query(request, 'include_messages', True)
+    limit = LIST_LIMIT.get(request)
+    with_messages = INCLUDE_MESSAGES.get(request)
     sessions, next_cursor = await request.app[MANAGER].list_sessions(
-        request[TENANT], limit=limit, cursor=_query(request, 'cursor'), with_messages=with_messages
+        request[TENANT], limit=limit, cursor=CURSOR.get(request), with_messages=with_messages
     )
     headers = None
     if next_cursor is not None:
@@ -164,122 +136,236 @@ async def list_sessions(request: web.Request) -> web.Response:
     return _json([_session(found) for found in sessions], headers=headers)
 
 
-@routes.post(f'{API}/sessions')
+@routes.post(
+    f'{API}/sessions',
+    Operation(
+        'createSession',
+        'Create a session; an empty body creates one with empty metadata',
+        {201: Reply(Session, 'the new session', (LOCATION, ETAG))},
+        errors=(400, 401, 409, 413, 415, 422),
+        params=(IDEMPOTENCY_KEY,),
+        body=(NEW_SESSION,),
+    ),
+)
 async def create_session(request: web.Request) -> web.Response:
-    raw = await _body(request, optional=True)
-    body = NewSession() if raw is None else _validate(_NEW_SESSION, raw)
-    key = _idempotency_key(request)
+    raw = await NEW_SESSION.read(request)
+    body = NewSession() if raw is None else NEW_SESSION.parse(raw)
+    key = IDEMPOTENCY_KEY.get(request)
     created = await request.app[MANAGER].create_session(request[TENANT], body, idempotency_key=key)
     headers = {'Location': f'{API}/sessions/{created.record.id}', **_etag(created.record.version)}
     return _json(_session(created), status=201, headers=headers)
 
 
-@routes.get(f'{SESSION}')
+@routes.get(
+    SESSION,
+    Operation(
+        'getSession',
+        'A session with all its messages',
+        {200: Reply(Session, 'the session', (ETAG,))},
+        errors=(400, 401, 404),
+        params=(SESSION_ID,),
+    ),
+)
 async def get_session(request: web.Request) -> web.Response:
-    found = await request.app[MANAGER].get_session(request[TENANT], _session_id(request))
+    found = await request.app[MANAGER].get_session(request[TENANT], SESSION_ID.get(request))
     return _json(_session(found), headers=_etag(found.record.version))
 
 
-@routes.patch(f'{SESSION}')
+@routes.patch(
+    SESSION,
+    Operation(
+        'updateSession',
+        'Merge metadata (JSON merge patch: null deletes a key)',
+        {200: Reply(Session, 'the session after the change', (ETAG,))},
+        errors=(400, 401, 404, 412, 413, 415, 422),
+        params=(SESSION_ID, IF_MATCH),
+        body=(SESSION_PATCH,),
+    ),
+)
 async def update_session(request: web.Request) -> web.Response:
-    session_id = _session_id(request)
-    raw = await _body(request)
+    session_id = SESSION_ID.get(request)
+    raw = await SESSION_PATCH.read(request)
     assert raw is not None
-    patch = _validate(_SESSION_PATCH, raw)
-    expected = _if_match(request)
+    patch = SESSION_PATCH.parse(raw)
+    expected = IF_MATCH.get(request)
     updated = await request.app[MANAGER].update_metadata(
         request[TENANT], session_id, patch.metadata, expected_version=expected
     )
     return _json(_session(updated), headers=_etag(updated.record.version))
 
 
-@routes.delete(f'{SESSION}')
+@routes.delete(
+    SESSION,
+    Operation(
+        'deleteSession',
+        'Delete a session and its messages',
+        {200: Reply(Success, 'deleted')},
+        errors=(400, 401, 404, 412),
+        params=(SESSION_ID, IF_MATCH),
+    ),
+)
 async def delete_session(request: web.Request) -> web.Response:
-    session_id = _session_id(request)
-    await request.app[MANAGER].delete_session(request[TENANT], session_id, expected_version=_if_match(request))
+    session_id = SESSION_ID.get(request)
+    await request.app[MANAGER].delete_session(request[TENANT], session_id, expected_version=IF_MATCH.get(request))
     return web.Response(body=_SUCCESS, content_type='application/json')
 
 
 # --- messages --------------------------------------------------------------------------------
 
+MESSAGES_LIMIT = int_query('limit', 1, 10_000, description='at most this many')
+BEFORE = int_query('before', 0, MAX_ID, description='only ids below this one')
+AFTER = int_query('after', 0, MAX_ID, description='only ids above this one')
 
-@routes.get(f'{SESSION}/messages')
+
+@routes.get(
+    f'{SESSION}/messages',
+    Operation(
+        'getMessages',
+        'Messages, oldest first',
+        {200: Reply(list[Message], 'the messages')},
+        errors=(400, 401, 404),
+        params=(SESSION_ID, MESSAGES_LIMIT, BEFORE, AFTER),
+        description='Without `after`, `limit` takes the last N (below `before`); with `after`, the first N above it.',
+    ),
+)
 async def get_messages(request: web.Request) -> web.Response:
-    session_id = _session_id(request)
-    selection = MessageRange(
-        limit=_int_query(request, 'limit', 1, 10_000),
-        before=_int_query(request, 'before', 0, MAX_ID),
-        after=_int_query(request, 'after', 0, MAX_ID),
-    )
+    session_id = SESSION_ID.get(request)
+    selection = MessageRange(limit=MESSAGES_LIMIT.get(request), before=BEFORE.get(request), after=AFTER.get(request))
     messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
     return web.Response(body=messages, content_type='application/json')
 
 
-@routes.post(f'{SESSION}/messages')
+@routes.post(
+    f'{SESSION}/messages',
+    Operation(
+        'addMessages',
+        'Append a message, or an array of messages atomically; creates the session if missing',
+        {201: Reply(Message | list[Message], 'what was stored, in the shape sent', (ETAG,))},
+        errors=(400, 401, 409, 412, 413, 415, 422),
+        params=(SESSION_ID, IF_MATCH, IDEMPOTENCY_KEY),
+        body=(NEW_MESSAGE, NEW_MESSAGES),
+    ),
+)
 async def add_messages(request: web.Request) -> web.Response:
-    session_id = _session_id(request)
-    raw = await _body(request)
+    session_id = SESSION_ID.get(request)
+    raw = await NEW_MESSAGE.read(request)
     assert raw is not None
     batch = raw.lstrip()[:1] == b'['
-    messages = _validate(_NEW_MESSAGES, raw) if batch else [_validate(_NEW_MESSAGE, raw)]
+    messages = NEW_MESSAGES.parse(raw) if batch else [NEW_MESSAGE.parse(raw)]
     appended = await request.app[MANAGER].add_messages(
         request[TENANT],
         session_id,
         messages,
         batch=batch,
-        expected_version=_if_match(request),
-        idempotency_key=_idempotency_key(request),
+        expected_version=IF_MATCH.get(request),
+        idempotency_key=IDEMPOTENCY_KEY.get(request),
     )
     body = json_array(appended.messages) if batch else appended.messages[0]
     return web.Response(body=body, status=201, content_type='application/json', headers=_etag(appended.version))
 
 
-@routes.delete(f'{SESSION}/messages')
+@routes.delete(
+    f'{SESSION}/messages',
+    Operation(
+        'clearMessages',
+        'Remove all messages; the session and its metadata stay',
+        {200: Reply(Success, 'cleared', (ETAG,))},
+        errors=(400, 401, 404, 412),
+        params=(SESSION_ID, IF_MATCH),
+    ),
+)
 async def clear_messages(request: web.Request) -> web.Response:
-    session_id = _session_id(request)
+    session_id = SESSION_ID.get(request)
     version = await request.app[MANAGER].clear_messages(
-        request[TENANT], session_id, expected_version=_if_match(request)
+        request[TENANT], session_id, expected_version=IF_MATCH.get(request)
     )
     return web.Response(body=_SUCCESS, content_type='application/json', headers=_etag(version))
 
 
 # --- search ----------------------------------------------------------------------------------
 
+QUERY_TEXT = text_query(
+    'q',
+    schema={'type': 'string', 'minLength': 1, 'maxLength': MAX_QUERY_CHARS, 'pattern': r'\S'},
+    description='the text (not only spaces)',
+    problem=f'give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces',
+    check=lambda text: bool(text.strip()) and len(text) <= MAX_QUERY_CHARS,
+    required=True,
+)
+SEARCH_LIMIT = int_query('limit', 1, 50, default=5, description='how many hits')
+ROLE = text_query(
+    'role',
+    schema={'type': 'string', 'enum': list(ROLES)},
+    description='only messages of this role',
+    problem=f'must be one of {", ".join(ROLES)}',
+    check=ROLES.__contains__,
+)
+SEARCH_SESSION_ID = text_query(
+    'session_id', schema={'type': 'string', 'pattern': SESSION_ID_PATTERN}, description='only this session'
+)  # the manager checks it
+_SEARCH_DESCRIPTION = (
+    'score is 1 - cosine distance (higher = more similar). 404 when the session to search '
+    '(the path, or `session_id`) does not exist; 501 on a store without search.'
+)
+_SEARCH_SUMMARY = 'Semantic search over message content (Chroma backend), best first'
+_HITS = {200: Reply(list[SearchHitBody], 'hits, best first')}
+
 
 async def _search(request: web.Request, session_id: str | None) -> web.Response:
-    query = _query(request, 'q')
-    if query is None or not query.strip() or len(query) > MAX_QUERY_CHARS:
-        raise InvalidParameter('q', f'give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces')
-    limit = _int_query(request, 'limit', 1, 50, default=5)
-    assert limit is not None
-    role = _query(request, 'role')
-    if role is not None and role not in ROLES:
-        raise InvalidParameter('role', f'must be one of {", ".join(ROLES)}')
-    hits = await request.app[MANAGER].search(request[TENANT], query, limit=limit, session_id=session_id, role=role)
+    query = QUERY_TEXT.get(request)
+    assert query is not None
+    hits = await request.app[MANAGER].search(
+        request[TENANT], query, limit=SEARCH_LIMIT.get(request), session_id=session_id, role=ROLE.get(request)
+    )
     return _json(
         [{'session_id': hit.session_id, 'message': orjson.Fragment(hit.message), 'score': hit.score} for hit in hits]
     )
 
 
-@routes.get(f'{SESSION}/search')
+@routes.get(
+    f'{SESSION}/search',
+    Operation(
+        'searchSession',
+        _SEARCH_SUMMARY,
+        _HITS,
+        errors=(400, 401, 404, 501),
+        params=(SESSION_ID, QUERY_TEXT, SEARCH_LIMIT, ROLE),
+        description=_SEARCH_DESCRIPTION,
+    ),
+)
 async def search_session(request: web.Request) -> web.Response:
-    return await _search(request, _session_id(request))
+    return await _search(request, SESSION_ID.get(request))
 
 
-@routes.get(f'{API}/search')
+@routes.get(
+    f'{API}/search',
+    Operation(
+        'searchAll',
+        _SEARCH_SUMMARY,
+        _HITS,
+        errors=(400, 401, 404, 501),
+        params=(QUERY_TEXT, SEARCH_LIMIT, ROLE, SEARCH_SESSION_ID),
+        description=_SEARCH_DESCRIPTION,
+    ),
+)
 async def search_all(request: web.Request) -> web.Response:
-    return await _search(request, _query(request, 'session_id'))
+    return await _search(request, SEARCH_SESSION_ID.get(request))
 
 
 # --- operations ------------------------------------------------------------------------------
 
 
-@routes.get('/healthz')
+@routes.get(
+    '/healthz', Operation('healthz', 'The process is alive', {200: Reply(Status, 'alive')}, store=False, open=True)
+)
 async def healthz(request: web.Request) -> web.Response:
     return _json({'status': 'ok'})
 
 
-@routes.get('/readyz')
+@routes.get(
+    '/readyz',
+    Operation('readyz', 'The backend answers', {200: Reply(Status, 'ready')}, errors=(503,), store=False, open=True),
+)
 async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
@@ -289,13 +375,25 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({'status': 'ready'})
 
 
-@routes.get('/metrics')
+@routes.get(
+    '/metrics',
+    Operation(
+        'metrics',
+        'Prometheus metrics (text format), for every worker process',
+        {200: Reply(None, 'the metrics', media_type='text/plain')},
+        store=False,
+        open=True,
+    ),
+)
 async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=request.app[METRICS].render())
     response.headers['Content-Type'] = METRICS_CONTENT_TYPE
     return response
 
 
-@routes.get('/api/v1/openapi.json')
+@routes.get(
+    '/api/v1/openapi.json',
+    Operation('openapi', 'This document', {200: Reply(None, 'the OpenAPI document')}, errors=(401,), store=False),
+)
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI_JSON], content_type='application/json')

@@ -1,0 +1,337 @@
+"""What a route takes and answers, declared once: the handler reads its request through these objects,
+and `openapi.py` writes the document from the same objects, so the two cannot disagree.
+
+    LIMIT = int_query('limit', 1, 1000, default=100, description='page size')
+
+    @routes.get('/things', Operation('listThings', 'List things', {200: Reply(list[Thing], 'a page')},
+                                     errors=(400, 401), params=(LIMIT,)))
+    async def list_things(request: web.Request) -> web.Response:
+        limit = LIMIT.get(request)          # 400 invalid_parameter outside 1..1000, 100 when absent
+
+Parameters raise the request errors of `errors.py`. A declaration holds no state, and reading a parameter
+does no more than a check written in the handler would: a query value is parsed only when it is present.
+"""
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+import pydantic
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import TypeAdapter
+
+from memsvc.errors import InvalidHeader, InvalidInput, InvalidParameter, MalformedJson, UnsupportedMediaType
+from memsvc.models import ErrorBody
+
+if TYPE_CHECKING:
+    from memsvc.endpoint import Envelope
+    from memsvc.settings import Settings
+
+Schema = dict[str, Any]
+T = TypeVar('T')
+Method = Literal['GET', 'POST', 'PUT', 'PATCH', 'DELETE']
+_DIGITS = re.compile(r'[0-9]{1,16}')
+_JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
+
+
+def _parameter(name: str, where: str, schema: Schema, description: str, required: bool) -> Schema:
+    return {'name': name, 'in': where, 'required': required, 'schema': schema, 'description': description}
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+class Query(Generic[T]):
+    """One query parameter: given at most once, parsed by `parse` (a ValueError means out of bounds,
+    answered as 400 `invalid_parameter` with `problem`), `default` when absent."""
+
+    __slots__ = ('_parse', 'default', 'description', 'name', 'problem', 'required', 'schema')
+
+    def __init__(
+        self,
+        name: str,
+        parse: Callable[[str], T],
+        default: T,
+        *,
+        schema: Schema,
+        description: str,
+        problem: str,
+        required: bool = False,
+    ) -> None:
+        self.name, self._parse, self.default, self.schema = name, parse, default, schema
+        self.description, self.problem, self.required = description, problem, required
+
+    def get(self, request: web.Request) -> T:
+        query = request.query
+        if self.name not in query:
+            if self.required:
+                raise InvalidParameter(self.name, self.problem)
+            return self.default
+        values = query.getall(self.name)
+        if len(values) > 1:
+            raise InvalidParameter(self.name, 'give it at most once')
+        try:
+            return self._parse(values[0])
+        except ValueError:
+            raise InvalidParameter(self.name, self.problem) from None
+
+    def document(self, settings: 'Settings') -> list[Schema]:
+        return [_parameter(self.name, 'query', self.schema, self.description, self.required)]
+
+
+@overload
+def int_query(name: str, low: int, high: int, *, default: int, description: str) -> Query[int]: ...
+@overload
+def int_query(name: str, low: int, high: int, *, default: None = None, description: str) -> Query[int | None]: ...
+def int_query(name: str, low: int, high: int, *, default: int | None = None, description: str) -> Query[Any]:
+    """An integer from `low` to `high`, in decimal digits only (no sign, no spaces)."""
+
+    def parse(raw: str) -> int:
+        if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+            raise ValueError(raw)
+        return int(raw)
+
+    schema: Schema = {'type': 'integer', 'minimum': low, 'maximum': high}
+    if default is not None:
+        schema['default'] = default
+    return Query(
+        name, parse, default, schema=schema, description=description, problem=f'must be an integer from {low} to {high}'
+    )
+
+
+def bool_query(name: str, *, default: bool, description: str) -> Query[bool]:
+    def parse(raw: str) -> bool:
+        if raw not in ('true', 'false'):
+            raise ValueError(raw)
+        return raw == 'true'
+
+    schema = {'type': 'boolean', 'default': default}
+    return Query(name, parse, default, schema=schema, description=description, problem='must be true or false')
+
+
+def text_query(
+    name: str,
+    *,
+    schema: Schema,
+    description: str,
+    problem: str = '',
+    check: Callable[[str], bool] | None = None,
+    required: bool = False,
+) -> Query[str | None]:
+    """A string, refused when `check` says no. A check that the manager makes (a session id, a cursor)
+    is left to the manager, which raises its own error."""
+
+    def parse(raw: str) -> str:
+        if check is not None and not check(raw):
+            raise ValueError(raw)
+        return raw
+
+    return Query(name, parse, None, schema=schema, description=description, problem=problem, required=required)
+
+
+class QueryFamily:
+    """Parameters named `<prefix><key>` (e.g. `metadata.user_id=123`), keys the settings allow: read as
+    {key: value}; any other key under the prefix is 400 naming the allowed ones. The document lists one
+    parameter per allowed key."""
+
+    __slots__ = ('description', 'keys', 'prefix', 'schema')
+
+    def __init__(
+        self, prefix: str, keys: Callable[['Settings'], Sequence[str]], *, schema: Schema, description: str
+    ) -> None:
+        self.prefix, self.keys, self.schema, self.description = prefix, keys, schema, description
+
+    def get(self, request: web.Request, allowed: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name, value in request.query.items():
+            if not name.startswith(self.prefix):
+                continue
+            key = name[len(self.prefix) :]
+            if key not in allowed:
+                raise InvalidParameter(name, f'filter on one of {", ".join(self.prefix + k for k in allowed)}')
+            if key in found:
+                raise InvalidParameter(name, 'give it at most once')
+            found[key] = value
+        return found
+
+    def document(self, settings: 'Settings') -> list[Schema]:
+        return [
+            _parameter(self.prefix + key, 'query', self.schema, self.description.format(key=key), False)
+            for key in self.keys(settings)
+        ]
+
+
+class Header(Generic[T]):
+    """A request header that must match `pattern` in full (with `strip`, after stripping spaces); `parse`
+    turns the match into the value. A mismatch is 400 `invalid_header` with `problem`."""
+
+    __slots__ = ('_parse', '_pattern', '_strip', 'description', 'name', 'pattern', 'problem')
+
+    def __init__(
+        self,
+        name: str,
+        pattern: str,
+        parse: Callable[[re.Match[str]], T],
+        *,
+        description: str,
+        problem: str,
+        strip: bool = False,
+    ) -> None:
+        self.name, self.pattern, self._pattern, self._parse = name, pattern, re.compile(pattern), parse
+        self.description, self.problem, self._strip = description, problem, strip
+
+    def get(self, request: web.Request) -> T | None:
+        raw = request.headers.get(self.name)
+        if raw is None:
+            return None
+        match = self._pattern.fullmatch(raw.strip() if self._strip else raw)
+        if match is None:
+            raise InvalidHeader(self.name, self.problem)
+        return self._parse(match)
+
+    def document(self, settings: 'Settings') -> list[Schema]:
+        schema = {'type': 'string', 'pattern': f'^({self.pattern})$'}
+        return [_parameter(self.name, 'header', schema, self.description, False)]
+
+
+class PathParam:
+    """A `{name}` segment of the path, checked by `check` (which raises the error to answer)."""
+
+    __slots__ = ('check', 'description', 'name', 'pattern')
+
+    def __init__(self, name: str, pattern: str, check: Callable[[str], str], *, description: str) -> None:
+        self.name, self.pattern, self.check, self.description = name, pattern, check, description
+
+    def get(self, request: web.Request) -> str:
+        return self.check(request.match_info[self.name])
+
+    def document(self, settings: 'Settings') -> list[Schema]:
+        return [_parameter(self.name, 'path', {'type': 'string', 'pattern': self.pattern}, self.description, True)]
+
+
+Param = Query[Any] | QueryFamily | Header[Any] | PathParam
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+class JsonBody(Generic[T]):
+    """A JSON request body validated into `type` (a pydantic model, TypedDict or annotated type)."""
+
+    __slots__ = ('adapter', 'required', 'type')
+
+    def __init__(self, type: Any, *, required: bool = True) -> None:
+        self.type, self.required = type, required
+        self.adapter: TypeAdapter[T] = TypeAdapter(type)
+
+    async def read(self, request: web.Request) -> bytes | None:
+        """The raw body; None when it is empty and not required. 400 when a required one is empty, 415 when
+        it is not sent as JSON (413 beyond `MEMSVC_MAX_BODY_BYTES` comes from aiohttp's read)."""
+        raw = await request.read()
+        if not raw.strip():
+            if not self.required:
+                return None
+            raise MalformedJson('the request needs a JSON body')
+        if request.headers.get('Content-Type') != 'application/json' and not _JSON_TYPE.fullmatch(request.content_type):
+            raise UnsupportedMediaType()
+        return raw
+
+    def parse(self, raw: bytes) -> T:
+        """Parse and validate in one pass: 400 `malformed_json`, or 422 naming up to three fields."""
+        try:
+            return self.adapter.validate_json(raw)
+        except pydantic.ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False, include_context=False)
+            if any(err['type'] == 'json_invalid' for err in errors):
+                raise MalformedJson(f'the body is not valid JSON: {errors[0]["msg"]}') from None
+            raise InvalidInput('', '; '.join(f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3])) from None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    out = ''
+    for part in loc:
+        out += f'[{part}]' if isinstance(part, int) else (f'.{part}' if out else part)
+    return out or 'body'
+
+
+# --- answers and operations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeader:
+    name: str
+    description: str
+    schema: Schema = field(default_factory=lambda: {'type': 'string'})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer: its body's type (None: not described), media type and headers."""
+
+    type: Any
+    description: str
+    headers: tuple[ResponseHeader, ...] = ()
+    media_type: str = 'application/json'
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One method on one path. `errors` lists the error statuses it answers besides 500 and 503, which
+    every route that reaches the store may answer (`store=False` leaves them out); `open` routes need no
+    API key."""
+
+    id: str
+    summary: str
+    replies: Mapping[int, Reply]
+    errors: tuple[int, ...] = ()
+    params: tuple[Param, ...] = ()
+    body: tuple[JsonBody[Any], ...] = ()
+    description: str | None = None
+    store: bool = True
+    open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    method: Method
+    path: str
+    operation: Operation
+    handler: Handler
+
+
+class RouteTable:
+    """Routes with their declarations, in the order added. It is the `RouteDef`s for `endpoints()`, and
+    the operations for `openapi.py`. `error_body` is the type of its error answers and `envelope` how the
+    endpoint wrapper writes them (None: ours); another API family (part 2's `/v1`) has a table of its own."""
+
+    def __init__(self, error_body: Any = ErrorBody, envelope: 'Envelope | None' = None) -> None:
+        self.error_body, self.envelope = error_body, envelope
+        self.declared: list[Declared] = []
+        self._defs = web.RouteTableDef()
+
+    def route(self, method: Method, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.declared.append(Declared(method, path, operation, handler))
+            return self._defs.route(method, path)(handler)
+
+        return register
+
+    def get(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('GET', path, operation)
+
+    def post(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('POST', path, operation)
+
+    def put(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('PUT', path, operation)
+
+    def patch(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('PATCH', path, operation)
+
+    def delete(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('DELETE', path, operation)
+
+    def __iter__(self) -> Iterator[web.AbstractRouteDef]:
+        return iter(self._defs)
