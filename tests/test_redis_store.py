@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -15,6 +16,8 @@ from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import SessionRecord, to_micros, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
+from memsvc.stores import redis_scripts as lua
+from memsvc.stores.base import Idempotency
 from memsvc.stores.redis import RedisKeys
 from memsvc.stores.redis_client import Client, create_client, masked_url
 from tests.conftest import make_settings
@@ -51,35 +54,55 @@ def documented_layout() -> list[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize('store_kind', ['redis'])
 async def test_key_layout_is_the_documented_one(store: Store, raw: Client, settings: Settings) -> None:
     layout = documented_layout()
-    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'ZSET']
+    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'HASH', 'ZSET']
     created = utc_now()
     await store.create_session(
         T, SessionRecord(id='s1', created_at=created, updated_at=created, metadata=b'{"k":"v"}', version=0)
     )
-    stored = (await store.append_messages(T, 's1', [body('a'), body('b')], created + timedelta(seconds=1))).messages
+    idempotency = Idempotency(key='a1' * 32, fingerprint='f0' * 32, ttl_seconds=600)
+    appended = await store.append_messages(
+        T, 's1', [body('a'), body('b')], created + timedelta(seconds=1), idempotency=idempotency
+    )
+    stored = appended.messages
 
     def key(template: str) -> str:
-        return template.replace('{p}', settings.key_prefix).replace('<tenant>', T).replace('<id>', 's1')
+        return (
+            template.replace('{p}', settings.key_prefix)
+            .replace('<tenant>', T)
+            .replace('<id>', 's1')
+            .replace('<key>', idempotency.key)
+        )
 
-    meta, msgs, index = (key(template) for template, _, _ in layout)
-    assert sorted(await raw.keys(f'{settings.key_prefix}:*')) == sorted(k.encode() for k in (meta, msgs, index))
+    meta, msgs, idem, index = (key(template) for template, _, _ in layout)
+    assert sorted(await raw.keys(f'{settings.key_prefix}:*')) == sorted(k.encode() for k in (meta, msgs, idem, index))
     for template, kind, _ in layout:
         assert await raw.type(key(template)) == kind.lower().encode(), template
     keys = RedisKeys(settings.key_prefix, T)
-    assert (keys.meta('s1'), keys.msgs('s1'), keys.sessions()) == (meta, msgs, index)
+    assert (keys.meta('s1'), keys.msgs('s1'), keys.idempotency('s1', idempotency.key), keys.sessions()) == (
+        meta,
+        msgs,
+        idem,
+        index,
+    )
 
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (await raw.hgetall(meta)).items()}
-    documented_fields = layout[0][2]
-    assert sorted(fields) == sorted(documented_fields)
+    def hash_fields(found: dict[Any, Any]) -> dict[str, Any]:
+        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in found.items()}
+
+    fields = hash_fields(await raw.hgetall(meta))
+    assert sorted(fields) == sorted(layout[0][2])
     assert fields['metadata'] == b'{"k":"v"}'
     assert int(fields['created_at']) == to_micros(created)
     assert int(fields['updated_at']) == to_micros(created + timedelta(seconds=1))
     assert int(fields['next_id']) == 3
     assert await raw.lrange(msgs, 0, -1) == stored, 'the list holds exactly the bytes the store returned'
+    record = hash_fields(await raw.hgetall(idem))
+    assert sorted(record) == sorted(layout[2][2])
+    assert record['fingerprint'] == idempotency.fingerprint.encode()
+    assert 0 < await raw.pttl(idem) <= 600_000, 'the record lives for the Idempotency-Key TTL'
     assert await raw.zrange(index, 0, -1, withscores=True) == [
         (b's1', float(to_micros(created + timedelta(seconds=1))))
     ]
-    assert key_slot(meta.encode()) == key_slot(msgs.encode()), 'one hash tag: one Cluster slot per session'
+    assert len({key_slot(k.encode()) for k in (meta, msgs, idem)}) == 1, 'one hash tag: one Cluster slot per session'
 
 
 async def test_sessions_spread_over_the_cluster_and_list_across_slots(request: pytest.FixtureRequest) -> None:
@@ -274,3 +297,25 @@ async def test_a_malformed_url_stops_the_start_with_a_message() -> None:
     with pytest.raises(BackendUnavailable, match='REDIS_URL'):
         async with open_store(Settings(memory_type='redis', redis_url='http://:pw@example/0')):
             pass
+
+
+async def test_writes_and_reads_load_their_scripts_again_after_redis_forgot_them(
+    redis_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A restarted (or failed-over) Redis has no scripts loaded: the first call of each loads it again."""
+    settings = make_settings(redis_kind, request)
+    raw = create_client(settings)
+    try:
+        async with open_store(settings) as store:
+            await store.append_messages(T, 's', [body('a'), body('b')], utc_now())
+            await raw.script_flush()
+            assert not any(await raw.script_exists(lua.APPEND.sha)), 'every node forgot the scripts'
+            stored = await asyncio.gather(
+                *(store.append_messages(T, 's', [body(f'c{n}')], utc_now()) for n in range(5))
+            )
+            assert sorted(ids(appended.messages)[0] for appended in stored) == [3, 4, 5, 6, 7]
+            await raw.script_flush()
+            assert ids(await store.get_messages(T, 's', MessageRange(after=1, limit=2))) == [2, 3]
+            assert await store.clear_messages(T, 's', utc_now())
+    finally:
+        await raw.aclose()

@@ -2,53 +2,53 @@
 
 Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a session in one slot):
 
-    {p}:{<tenant>/<id>}:meta   HASH  created_at, updated_at (µs since the epoch), metadata (JSON), next_id, version
-    {p}:{<tenant>/<id>}:msgs   LIST  messages as stored (the bytes `models.with_id` gives), oldest first
-    {p}:<tenant>:sessions      ZSET  session id -> updated_at (µs); ties list in descending id order
+    {p}:{<tenant>/<id>}:meta        HASH  created_at, updated_at (µs since the epoch), metadata (JSON), next_id, version
+    {p}:{<tenant>/<id>}:msgs        LIST  messages as stored (the bytes `models.with_id` gives), oldest first
+    {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
+    {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
 
 The list always holds the consecutive ids `next_id - LLEN .. next_id - 1`, so the first id is derived,
 never stored: trimming to `MEMSVC_MAX_MESSAGES_PER_SESSION` and clearing keep ids stable and unique,
-and a read by id or from the end is one LRANGE. Nothing is cached in the process.
+and a read by id or from the end is one LRANGE. An `:idem:` record is written by the write that carried an
+Idempotency-Key, in the same script, and lives for the key's own TTL. Nothing is cached in the process.
 
-Every write is one Lua script (EVALSHA; redis-py's Script reloads it after NOSCRIPT, e.g. after a
-restart) that creates the session if needed, takes ids, pushes, trims, bumps `updated_at` and
-`version`, and sets the idle TTL on all of the session's keys together — it never reads the whole
-session. `updated_at` never moves backwards (`max(old, now)`), so replicas with slightly different
-clocks cannot reorder a session in the listing.
+Every write is one Lua script (`redis_scripts`) that creates the session if needed, takes ids, pushes,
+trims, bumps `updated_at` and `version`, and sets the idle TTL on all of the session's keys together — it
+never reads the whole session. `updated_at` never moves backwards (`max(old, now)`), so replicas with
+slightly different clocks cannot reorder a session in the listing.
 
-On a single Redis the same script also updates the tenant's index, so a write is one atomic round
+The store is written once over a `redis_transport.Transport`, which sends the calls (on a single Redis,
+those of concurrent requests together) and turns client errors into `BackendUnavailable` (503), never
+"not found". The one difference it lets through is `spans_slots`, asked once:
+
+On a single Redis the session script also updates the tenant's index, so a write is one atomic round
 trip. On Redis Cluster the index lives in another slot, which one script cannot touch: an append
 sends the session script and an index update (`ZADD GT`) concurrently (still one round-trip time),
-create/update/clear update the index after their script succeeded, delete sends `ZREM` with its
+create/update/clear update the index after their script succeeded, delete sends `ZREM` after its
 script. The trade-off: on Cluster the index is updated next to, not inside, the session's atomic
 step. If the second command fails (503) the session is listed at its previous position until its
-next write; an index entry whose session is gone is skipped and removed by the listing.
+next write; an index entry whose session is gone is skipped and removed by the listing. The tenant's
+session limit is checked there before a write that may create a session, not atomically with it.
 
 Expired sessions leave the listing: the listing reads each candidate's meta, skips and removes
 (only if its score is unchanged) entries whose session is gone, and every write drops entries older
 than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
 last write.
 
-Reads need no script on a single Redis: the last N messages are one LRANGE (with EXISTS in a MULTI/EXEC
-only when the list is empty, to tell an empty session from a missing one), a session is a MULTI/EXEC of
-HMGET and LRANGE; plain commands cost redis-server a quarter of the CPU a Lua script of the same reads
-did. A read by id range (before/after) runs GET_MESSAGES. The calls of concurrent requests are sent
-together (`redis_client.Coalescer`). On Cluster, reads run the scripts.
+Reads are plain commands, which cost redis-server less CPU than a script doing the same reads: the last N
+messages are one LRANGE (with EXISTS in a MULTI/EXEC only when the list is empty, to tell an empty session
+from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE. A read by id range (before/after) runs
+GET_MESSAGES.
 
 Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
-a page of the listing 2 (index, then one transaction reading the sessions, on Cluster one pipeline; +1 when
-it removes dead entries); PATCH 2 (read, then compare-and-set; +1 on Cluster). Every client error or timeout
-becomes `BackendUnavailable` here (503), never "not found".
+a page of the listing 2 (index, then the sessions' reads; +1 when it removes dead entries); PATCH 2
+(read, then compare-and-set; +1 on Cluster).
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, cast
-
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
+from typing import Any
 
 from memsvc.errors import (
     BackendUnavailable,
@@ -62,10 +62,14 @@ from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, 
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, Limits, ListCursor, MessageRange
-from memsvc.stores.redis_client import Client, Coalescer, Guard, masked_url, unavailable
-from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
+from memsvc.stores.redis_client import Client, masked_url
+from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS, Arg
+from memsvc.stores.redis_transport import transport_for
 
 _CAS_ATTEMPTS = 100
+_SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session'})
+"""The operations whose every call goes through the transport, so a transport that keeps the store deadline
+keeps it for them (with one timer per batch instead of one per operation)."""
 
 
 class RedisKeys:
@@ -135,44 +139,25 @@ def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, ve
 
 
 class RedisStore:
-    """The `Store` contract on Redis or Redis Cluster. The client is the caller's: it opens and closes it."""
+    """The `Store` contract on Redis or Redis Cluster, written once over a `Transport`. The client is the
+    caller's: it opens and closes it."""
 
     def __init__(self, client: Client, settings: Settings) -> None:
-        self._client = client
-        self._cluster = isinstance(client, RedisCluster)
+        self._redis = transport_for(client, settings)
+        # Asked once: on Cluster the tenant's index is updated beside the session scripts (module docstring).
+        self._index_beside = self._redis.spans_slots
+        self.self_timed: frozenset[str] = _SELF_TIMED if self._redis.keeps_deadline else frozenset()
         self._prefix = settings.key_prefix
         self._ttl = settings.session_ttl_seconds
         self._limits = Limits.from_settings(settings)
         self._max_messages = self._limits.max_messages
-        self._pool_timeout = settings.redis_pool_timeout
-        # redis-py's async Cluster client has no blocking pool; this gives it the same wait-then-503.
-        self._slots = asyncio.Semaphore(settings.redis_max_connections) if self._cluster else None
-        pool = client.connection_pool if isinstance(client, Redis) else None
-        self._guard = Guard(self._slots, self._pool_timeout, pool)
-        script = client.register_script
-        self._append, self._create, self._set_metadata = (
-            script(lua.APPEND),
-            script(lua.CREATE),
-            script(lua.SET_METADATA),
-        )
-        self._clear, self._delete, self._touch_index = script(lua.CLEAR), script(lua.DELETE), script(lua.TOUCH_INDEX)
-        self._remove_stale = script(lua.REMOVE_STALE)
-        self._get_session, self._get_messages = script(lua.GET_SESSION), script(lua.GET_MESSAGES)
-        self._coalescer: Coalescer | None = None
-        self.self_timed: frozenset[str] = frozenset()
-        if isinstance(client, Redis):
-            self._coalescer = Coalescer(client, settings.redis_socket_timeout, settings.store_deadline())
-            self.self_timed = frozenset({'append_messages', 'get_messages', 'get_session'})  # see `Coalescer`
         self._tenant_keys: dict[str, RedisKeys] = {}
-        self._append_limits = [self._max_messages, '1' if self._limits.reject_full else '0', self._limits.max_sessions]
+        self._reject_full = '1' if self._limits.reject_full else '0'
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
         try:
-            with unavailable():
-                if isinstance(self._client, RedisCluster):
-                    await self._client.initialize()
-                await self._client.ping()
+            await self._redis.open()
         except BackendUnavailable as exc:
             cause = exc.__cause__
             detail = ' '.join(str(cause).split()) or type(cause).__name__
@@ -187,93 +172,78 @@ class RedisStore:
             keys = self._tenant_keys[tenant] = RedisKeys(self._prefix, tenant)
         return keys
 
-    def _call(self) -> Guard:
-        """Around every operation: the Cluster's connection bound, and error translation."""
-        return self._guard
-
-    def _session_call(
+    def _session(
         self,
         keys: RedisKeys,
         session_id: str,
         now: datetime,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
-    ) -> tuple[list[str], list[str | int | bytes]]:
-        """KEYS and the leading ARGV of a session script (the index key only on a single Redis)."""
-        record = keys.idempotency(session_id, '-' if idempotency is None else idempotency.key)
-        key_list = [keys.meta(session_id), keys.msgs(session_id), record]
-        if not self._cluster:
-            key_list.append(keys.sessions())
+    ) -> list[Arg]:
+        """The values every session script takes first (`lua.SESSION`), bound."""
         micros = to_micros(now)
-        expected = _expected(expected_version)
         if idempotency is None:
-            return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id, expected, '', 0]
-        fingerprint, ttl = idempotency.fingerprint, idempotency.ttl_seconds
-        return key_list, [str(micros), self._ttl, self._cutoff(micros), session_id, expected, fingerprint, ttl]
+            idem, fingerprint, idem_ttl = keys.idempotency(session_id, '-'), '', 0
+        else:
+            idem, fingerprint = keys.idempotency(session_id, idempotency.key), idempotency.fingerprint
+            idem_ttl = idempotency.ttl_seconds
+        return lua.SESSION.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            idem=idem,
+            sessions=None if self._index_beside else keys.sessions(),
+            now=str(micros),
+            ttl=self._ttl,
+            cutoff=self._cutoff(micros),
+            session_id=session_id,
+            expected=_expected(expected_version),
+            fingerprint=fingerprint,
+            idem_ttl=idem_ttl,
+        )
 
     def _cutoff(self, micros: int) -> str:
         return str(micros - (self._ttl + INDEX_GRACE_SECONDS) * 1_000_000)
 
-    async def _index(self, keys: RedisKeys, session_id: str, score: Any) -> None:
-        """Cluster only: move the session's index entry up to `score` (never down)."""
-        micros = int(score)
-        await self._touch_index(keys=[keys.sessions()], args=[session_id, str(micros), self._ttl, self._cutoff(micros)])
-
-    def _script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
-        """Run a script: with the concurrent ones in one pipeline on a single Redis, on its own on Cluster."""
-        if self._coalescer is None:
-            return script(keys=keys, args=args)
-        return self._coalescer.call(script, keys, args)
-
     async def ping(self) -> None:
-        async with self._call():
-            await self._client.ping()
+        await self._redis.ping()
 
     async def create_session(
         self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
     ) -> SessionRecord | None:
         keys = self._keys(tenant)
-        key_list, args = self._session_call(keys, record.id, record.updated_at, idempotency=idempotency)
-        args += [str(to_micros(record.created_at)), record.metadata, str(record.version), self._limits.max_sessions]
-        async with self._call():
-            if self._cluster:
-                await self._check_room(keys, record.id)
-            status, rest = _answer(record.id, await self._script(self._create, key_list, args))
-            if status == b'exists':
-                return None
-            if status == b'limit':
-                raise SessionLimitReached(self._limits.max_sessions)
-            if status == b'replay':
-                created_at, metadata = _bytes(rest[0]).split(b'\n', 1)
-                return _record(record.id, created_at, created_at, metadata, 0)
-            if self._cluster:
-                await self._index(keys, record.id, to_micros(record.updated_at))
+        session = self._session(keys, record.id, record.updated_at, idempotency=idempotency)
+        if self._index_beside:
+            await self._check_room(keys, record.id)
+        call = lua.CREATE.bind(
+            session,
+            created_at=str(to_micros(record.created_at)),
+            metadata=record.metadata,
+            version=str(record.version),
+            max_sessions=self._limits.max_sessions,
+        )
+        reply = await self._redis.script(call)
+        status, rest = _answer(record.id, reply)
+        if status == b'exists':
+            return None
+        if status == b'limit':
+            raise SessionLimitReached(self._limits.max_sessions)
+        if status == b'replay':
+            created_at, metadata = _bytes(rest[0]).split(b'\n', 1)
+            return _record(record.id, created_at, created_at, metadata, 0)
+        if self._index_beside:
+            await self._touch_index(keys, record.id, to_micros(record.updated_at))
         return record
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
         keys = self._keys(tenant)
-        meta, msgs = keys.meta(session_id), keys.msgs(session_id)
-        if self._coalescer is not None:  # as get_messages: MULTI/EXEC (4 µs of redis-server's CPU, the script 25)
-            reading = (
-                [(b'HMGET', meta, *_META_FIELDS), (b'LRANGE', msgs, 0, -1)]
-                if with_messages
-                else [(b'HMGET', meta, *_META_FIELDS)]
-            )
-            fields, *messages = await self._coalescer.transaction(*reading)
-            if fields[0] is None:
-                return None
-            return StoredSession(_record(session_id, *fields), json_array(messages[0]) if messages else b'[]')
-        async with self._call():
-            if with_messages:
-                found = await self._script(self._get_session, [meta, msgs], ())
-                if found is None:
-                    return None
-                fields, messages = found
-            else:
-                fields, messages = await self._client.hmget(meta, _META_FIELDS), []
-                if fields[0] is None:
-                    return None
-        return StoredSession(_record(session_id, *fields), json_array(messages))
+        meta = ('HMGET', keys.meta(session_id), *_META_FIELDS)
+        if with_messages:
+            fields, messages = await self._redis.transaction(meta, ('LRANGE', keys.msgs(session_id), 0, -1))
+        else:
+            fields, messages = (await self._redis.transaction(meta))[0], None
+        if fields[0] is None:
+            return None
+        return StoredSession(_record(session_id, *fields), b'[]' if messages is None else json_array(messages))
 
     async def list_sessions(
         self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
@@ -282,34 +252,29 @@ class RedisStore:
         found: list[StoredSession] = []
         stale: list[str] = []
         position = after
-        async with self._call():
-            while len(found) <= limit:
-                want = limit + 1 - len(found)
-                candidates = await self._index_page(keys, position, want)
-                if not candidates:
-                    break
-                sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
-                for (sid, score), session in zip(candidates, sessions, strict=True):
-                    if session is None:
-                        stale += [sid, str(score)]
-                    else:
-                        found.append(session)
-                position = (candidates[-1][1], candidates[-1][0])
-                if len(candidates) < want:
-                    break
-            if stale:
-                await self._remove_stale(keys=[keys.sessions()], args=stale)
+        while len(found) <= limit:
+            want = limit + 1 - len(found)
+            candidates = await self._index_page(keys, position, want)
+            if not candidates:
+                break
+            sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
+            for (sid, score), session in zip(candidates, sessions, strict=True):
+                if session is None:
+                    stale += [sid, str(score)]
+                else:
+                    found.append(session)
+            position = (candidates[-1][1], candidates[-1][0])
+            if len(candidates) < want:
+                break
+        if stale:
+            await self._redis.script(lua.REMOVE_STALE.bind(sessions=keys.sessions(), entries=stale))
         return found[:limit], len(found) > limit
 
     async def _index_page(self, keys: RedisKeys, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
         """Up to `want` index entries after the position `after`, newest first, ties by id descending."""
         index = keys.sessions()
-        rows: list[tuple[bytes, float]]
         if after is None:
-            if self._coalescer is not None:
-                rows = _pairs(await self._coalescer.command(b'ZREVRANGE', index, 0, want - 1, b'WITHSCORES'))
-            else:
-                rows = cast(Any, await self._client.zrevrange(index, 0, want - 1, withscores=True))
+            rows = _pairs(await self._redis.command('ZREVRANGE', index, 0, want - 1, 'WITHSCORES'))
             return [(_bytes(member).decode(), int(score)) for member, score in rows]
         micros, last_id = after
         last = last_id.encode()
@@ -317,16 +282,8 @@ class RedisStore:
         offset = 0
         while len(page) < want:
             # Entries with the cursor's own score come first, in descending id order: skip those >= last id.
-            if self._coalescer is not None:
-                command = (b'ZREVRANGEBYSCORE', index, micros, b'-inf', b'WITHSCORES', b'LIMIT', offset, want + 1)
-                rows = _pairs(await self._coalescer.command(*command))
-            else:
-                rows = cast(
-                    Any,
-                    await self._client.zrevrangebyscore(
-                        index, micros, '-inf', start=offset, num=want + 1, withscores=True
-                    ),
-                )
+            command = ('ZREVRANGEBYSCORE', index, micros, '-inf', 'WITHSCORES', 'LIMIT', offset, want + 1)
+            rows = _pairs(await self._redis.command(*command))
             for member, score in rows:
                 raw = _bytes(member)
                 if int(score) < micros or raw < last:
@@ -339,24 +296,14 @@ class RedisStore:
     async def _read_many(
         self, keys: RedisKeys, session_ids: Sequence[str], with_messages: bool
     ) -> list[StoredSession | None]:
-        """The sessions, None for the ones that are gone: on a single Redis in one coalesced transaction (through
-        redis-py, a pipeline of 20 HMGETs cost ~400 µs of CPU; a Lua script of them doubled redis-server's CPU
-        per listing), on Cluster in one pipeline (one round trip per node)."""
-        replies: list[Any]
-        if self._coalescer is not None:
-            reads: list[tuple[Any, ...]] = []
-            for sid in session_ids:
-                reads.append((b'HMGET', keys.meta(sid), *_META_FIELDS))
-                if with_messages:
-                    reads.append((b'LRANGE', keys.msgs(sid), 0, -1))
-            replies = await self._coalescer.transaction(*reads)
-        else:
-            pipe = self._client.pipeline(transaction=False)
-            for sid in session_ids:
-                pipe.hmget(keys.meta(sid), _META_FIELDS)
-                if with_messages:
-                    pipe.lrange(keys.msgs(sid), 0, -1)
-            replies = await pipe.execute()
+        """The sessions, None for the ones that are gone, in one round trip (per node): plain commands, which
+        cost redis-server less than a script reading the same."""
+        reads: list[tuple[Any, ...]] = []
+        for sid in session_ids:
+            reads.append(('HMGET', keys.meta(sid), *_META_FIELDS))
+            if with_messages:
+                reads.append(('LRANGE', keys.msgs(sid), 0, -1))
+        replies = await self._redis.commands(*reads)
         step = 2 if with_messages else 1
         out: list[StoredSession | None] = []
         for n, sid in enumerate(session_ids):
@@ -380,37 +327,39 @@ class RedisStore:
         """Optimistic: read, `apply` here, then a script sets the result only if the metadata is unchanged,
         else retries. It compares the metadata itself, not the version, so appends never force a retry."""
         keys = self._keys(tenant)
-        key_list, args = self._session_call(keys, session_id, now, expected_version)
+        session = self._session(keys, session_id, now, expected_version)
         meta = keys.meta(session_id)
-        async with self._call():
-            for _ in range(_CAS_ATTEMPTS):
-                found = await self._client.hget(meta, 'metadata')
-                if found is None:
-                    return None
-                current = _bytes(found)
-                new = apply(current)
-                status, rest = _answer(session_id, await self._set_metadata(keys=key_list, args=[*args, current, new]))
-                if status == b'gone':
-                    return None
-                if status == b'ok':
-                    created_at, updated_at, version = rest
-                    if self._cluster:
-                        await self._index(keys, session_id, updated_at)
-                    return _record(session_id, created_at, updated_at, new, version)
+        for _ in range(_CAS_ATTEMPTS):
+            found = await self._redis.command('HGET', meta, 'metadata')
+            if found is None:
+                return None
+            current = _bytes(found)
+            new = apply(current)
+            status, rest = _answer(
+                session_id, await self._redis.script(lua.SET_METADATA.bind(session, seen=current, new=new))
+            )
+            if status == b'gone':
+                return None
+            if status == b'ok':
+                created_at, updated_at, version = rest
+                if self._index_beside:
+                    await self._touch_index(keys, session_id, int(updated_at))
+                return _record(session_id, created_at, updated_at, new, version)
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
         keys = self._keys(tenant)
-        key_list = [keys.meta(session_id), keys.msgs(session_id)]
-        args = [session_id, _expected(expected_version)]
-        async with self._call():
-            if not self._cluster:
-                reply = await self._delete(keys=[*key_list, keys.sessions()], args=args)
-            else:
-                reply = await self._delete(keys=key_list, args=args)
-                if _bytes(reply[0]) == b'ok':
-                    await self._client.zrem(keys.sessions(), session_id)
+        call = lua.DELETE.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            sessions=None if self._index_beside else keys.sessions(),
+            session_id=session_id,
+            expected=_expected(expected_version),
+        )
+        reply = await self._redis.script(call)
         status, _ = _answer(session_id, reply)
+        if status == b'ok' and self._index_beside:
+            await self._redis.command('ZREM', keys.sessions(), session_id)
         return status == b'ok'
 
     async def append_messages(
@@ -424,16 +373,18 @@ class RedisStore:
         idempotency: Idempotency | None = None,
     ) -> Appended:
         keys = self._keys(tenant)
-        key_list, args = self._session_call(keys, session_id, now, expected_version, idempotency)
-        args += self._append_limits
-        args += bodies
-        if self._coalescer is not None:  # the hot path: no `_call()` needed, the coalescer translates errors
-            reply = await self._coalescer.call(self._append, key_list, args)
+        call = lua.APPEND.bind(
+            self._session(keys, session_id, now, expected_version, idempotency),
+            max_messages=self._max_messages,
+            reject_full=self._reject_full,
+            max_sessions=self._limits.max_sessions,
+            bodies=bodies,
+        )
+        if self._index_beside:  # the index update goes with the script: one round-trip time
+            await self._check_room(keys, session_id)
+            reply, _ = await _both(self._redis.script(call), self._touch_index(keys, session_id, to_micros(now)))
         else:
-            async with self._call():
-                await self._check_room(keys, session_id)
-                call = self._append(keys=key_list, args=args)
-                reply, _ = await self._both(call, self._index(keys, session_id, to_micros(now)))
+            reply = await self._redis.script(call)
         status, rest = _answer(session_id, reply)
         if status == b'ok':
             first = int(rest[0])
@@ -446,50 +397,39 @@ class RedisStore:
         recorded_version, *stored = _bytes(rest[0]).split(b'\n')
         return Appended(stored, int(recorded_version))
 
-    async def _check_room(self, keys: RedisKeys, session_id: str) -> None:
-        """Cluster only: the tenant's session limit, checked before a write that may create a session. The
-        tenant's index is in another slot than the session, so this check is not atomic with the write: near
-        the limit, concurrent creates can pass it together. (On a single Redis the scripts check it.)"""
-        if not self._limits.max_sessions or await self._client.exists(keys.meta(session_id)):
-            return
-        if await self._client.zcard(keys.sessions()) >= self._limits.max_sessions:
-            raise SessionLimitReached(self._limits.max_sessions)
-
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         keys = self._keys(tenant)
-        key_list = [keys.meta(session_id), keys.msgs(session_id)]
-        args = ['' if value is None else str(value) for value in (selection.limit, selection.before, selection.after)]
-        if self._coalescer is None:  # Cluster
-            async with self._call():
-                messages = await self._get_messages(keys=key_list, args=args)
-        elif selection.before is None and selection.after is None:  # the gateway's read: the last N, or all
-            # Plain commands rather than the script: 3.4 µs of redis-server's CPU against 15.5. A list holds
-            # messages only while its session exists (they are deleted together and expire together), so
-            # messages from LRANGE alone are the answer; none means an empty or a missing session, which
-            # EXISTS tells apart in one transaction with the read. (The coalescer translates errors.)
+        meta, msgs = keys.meta(session_id), keys.msgs(session_id)
+        if selection.before is None and selection.after is None:  # the gateway's read: the last N, or all
+            # Plain commands rather than a script, as they cost redis-server less. A list holds messages only
+            # while its session exists (they are deleted together and expire together), so messages from
+            # LRANGE alone are the answer; none means an empty or a missing session, which EXISTS tells
+            # apart in one transaction with the read.
             last = -selection.limit if selection.limit else 0
-            messages = await self._coalescer.command(b'LRANGE', key_list[1], last, -1)
+            messages = await self._redis.command('LRANGE', msgs, last, -1)
             if not messages:
-                exists, messages = await self._coalescer.transaction(
-                    (b'EXISTS', key_list[0]), (b'LRANGE', key_list[1], last, -1)
-                )
+                exists, messages = await self._redis.transaction(('EXISTS', meta), ('LRANGE', msgs, last, -1))
                 messages = messages if exists else None
         else:
-            messages = await self._coalescer.call(self._get_messages, key_list, args)
+            limit, before, after = (
+                '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
+            )
+            call = lua.GET_MESSAGES.bind(meta=meta, msgs=msgs, limit=limit, before=before, after=after)
+            messages = await self._redis.script(call)
         return None if messages is None else json_array(messages)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
     ) -> int | None:
         keys = self._keys(tenant)
-        key_list, args = self._session_call(keys, session_id, now, expected_version)
-        async with self._call():
-            status, rest = _answer(session_id, await self._clear(keys=key_list, args=args))
-            if status == b'gone':
-                return None
-            updated_at, version = rest
-            if self._cluster:
-                await self._index(keys, session_id, updated_at)
+        status, rest = _answer(
+            session_id, await self._redis.script(lua.CLEAR.bind(self._session(keys, session_id, now, expected_version)))
+        )
+        if status == b'gone':
+            return None
+        updated_at, version = rest
+        if self._index_beside:
+            await self._touch_index(keys, session_id, int(updated_at))
         return int(version)
 
     async def search(
@@ -497,11 +437,32 @@ class RedisStore:
     ) -> list[SearchHit]:
         raise NotSupported('semantic search needs the Chroma backend (MEMORY_TYPE=chroma); this server runs redis')
 
-    @staticmethod
-    async def _both(first: Any, second: Any) -> tuple[Any, Any]:
-        """Run two commands concurrently (one round-trip time); if either fails, raise its error after both end."""
-        results = await asyncio.gather(first, second, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results[0], results[1]
+    # Cluster only: the tenant's index, in another slot than the session (see the module docstring).
+
+    async def _touch_index(self, keys: RedisKeys, session_id: str, micros: int) -> None:
+        """Move the session's index entry up to `micros` (never down)."""
+        call = lua.TOUCH_INDEX.bind(
+            sessions=keys.sessions(),
+            session_id=session_id,
+            score=str(micros),
+            ttl=self._ttl,
+            cutoff=self._cutoff(micros),
+        )
+        await self._redis.script(call)
+
+    async def _check_room(self, keys: RedisKeys, session_id: str) -> None:
+        """The tenant's session limit, checked before a write that may create a session. Not atomic with the
+        write: near the limit, concurrent creates can pass it together. (On a single Redis the scripts check it.)"""
+        if not self._limits.max_sessions or await self._redis.command('EXISTS', keys.meta(session_id)):
+            return
+        if await self._redis.command('ZCARD', keys.sessions()) >= self._limits.max_sessions:
+            raise SessionLimitReached(self._limits.max_sessions)
+
+
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Run two calls concurrently (one round-trip time); if either fails, raise its error after both end."""
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results[0], results[1]
