@@ -12,9 +12,8 @@ either the token embeddings `[batch, tokens, dim]` (mean-pooled here) or one vec
 tokenizer's own truncation length is used when it sets one. Changing the model of an existing Chroma store makes
 its stored vectors meaningless: re-index, or keep the model.
 
-onnxruntime's CPU memory arena is off: with it, one large batch leaves ~900 MB held by the process for good; without
-it the process stays near 300 MB. Texts are embedded in batches of similar length, so a short text is never padded
-to the length of a long one.
+onnxruntime's CPU memory arena is off: with it, the memory one large batch needed stays held by the process for
+good. Texts are embedded in batches of similar length, so a short text is never padded to the length of a long one.
 """
 
 import functools
@@ -105,7 +104,7 @@ class Embedder:
         """The model in `model_dir` (model.onnx + tokenizer.json), or the packaged default when None.
 
         Loaded once per process and directory (see `_shared`): the model is read-only and thread-safe, and loading
-        it costs about a second and 200 MB, so every store of a process (and every test) shares it."""
+        it is slow and takes much memory, so every store of a process (and every test) shares it."""
         return _shared(model_dir, threads)
 
     @classmethod

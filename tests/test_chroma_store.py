@@ -2,6 +2,9 @@
 messages, outages of a real Chroma server, the embedding model, and no network at run time."""
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +26,9 @@ from memsvc.models import SessionRecord, json_array, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.chroma import ChromaStore
+from memsvc.stores.chroma import search as chroma_search
+from memsvc.stores.chroma.codec import as_int
+from memsvc.stores.chroma.operations import Chroma
 from tests.chroma_server import ChromaServer
 from tests.conftest import key_prefix_for, make_settings
 from tests.helpers import body, contents, parsed
@@ -47,8 +53,8 @@ async def vectors_of(store: Store, session_id: str) -> list[int]:
     """The sequence numbers of the message records Chroma holds for `session_id`, sorted: asked through the store's
     own connection (embedded Chroma lives in the store's child process)."""
     assert isinstance(store, ChromaStore)
-    found = await store._call('messages', 'get', where={'session_id': session_id}, include=['metadatas'])
-    return sorted(int(meta['seq']) for meta in found['metadatas'] or [])
+    found = await store._chroma(Chroma.get, store._layout.messages, where={'session_id': session_id})
+    return sorted(as_int(meta['seq']) for meta in found.metadatas)
 
 
 # --- modes -----------------------------------------------------------------------------------
@@ -83,6 +89,43 @@ async def test_persistent_mode_keeps_everything_across_a_restart(tmp_path: Path)
         assert await store.get_messages(T, 's', MessageRange()) == json_array(stored)
         [hit] = await store.search(T, 'second', limit=1, session_id='s', role=None)
         assert hit.message == stored[1]
+
+
+async def test_embedded_chroma_that_does_not_open_in_time_names_its_directory(tmp_path: Path) -> None:
+    """A start timeout shorter than starting the child speaks of the embedded store, not of a server; a later start
+    with time enough opens the same directory."""
+    directory = tmp_path / 'slow'
+    settings = Settings(
+        memory_type='chroma', chroma_persist_directory=directory, key_prefix='slow', chroma_timeout=1e-6
+    )
+    with pytest.raises(BackendUnavailable) as raised:
+        async with open_store(settings):
+            pass
+    message = str(raised.value)
+    assert f'embedded Chroma in {directory} did not open within' in message
+    assert 'server' not in message
+    assert 'None' not in message
+    async with open_store(settings.model_copy(update={'chroma_timeout': 60.0})) as store:
+        await store.append_messages(T, 's', [body('opened after all')], utc_now())
+        assert contents(await store.get_messages(T, 's', MessageRange())) == ['opened after all']
+
+
+async def test_a_killed_embedded_chroma_is_503_once_then_restarted(tmp_path: Path) -> None:
+    directory = tmp_path / 'killed'
+    settings = Settings(memory_type='chroma', chroma_persist_directory=directory, key_prefix='killed')
+    async with open_store(settings) as store:
+        stored = (await store.append_messages(T, 's', [body('kept on disk')], utc_now())).messages
+        [child] = [p for p in multiprocessing.active_children() if str(directory.resolve()) in str(p.name)]
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        with pytest.raises(BackendUnavailable, match='stopped; it restarts with the next request'):
+            await store.get_messages(T, 's', MessageRange())
+        assert await store.get_messages(T, 's', MessageRange()) == json_array(stored)
+        await store.append_messages(T, 's', [body('written after the restart')], utc_now())
+        assert contents(await store.get_messages(T, 's', MessageRange())) == [
+            'kept on disk',
+            'written after the restart',
+        ]
 
 
 def test_workers_need_a_chroma_server() -> None:
@@ -312,8 +355,6 @@ async def test_hung_server_is_503_within_the_timeout(
 async def test_search_paths_agree_whatever_the_sizes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A small tenant among a large one (the unfiltered over-fetch finds too few, the filtered query finds it), and a
     session too large to score exactly (the filtered query) give the answers that the fast paths give."""
-    import memsvc.stores.chroma as chroma
-
     crowd = [body(f'the weather forecast says rain on day {n}') for n in range(60)]
     await store.append_messages('crowd', 'c', crowd, utc_now())
     await store.append_messages(T, 'mine', [body('tomorrow will be sunny and warm'), body('buy milk')], utc_now())
@@ -321,8 +362,8 @@ async def test_search_paths_agree_whatever_the_sizes(store: Store, monkeypatch: 
     expected_all = await store.search(T, 'weather forecast', limit=2, session_id=None, role=None)
     expected_session = await store.search(T, 'weather forecast', limit=3, session_id='mine', role='assistant')
     assert [orjson.loads(h.message)['content'] for h in expected_session] == ['the weather is lovely']
-    monkeypatch.setattr(chroma, 'UNFILTERED_MAX', 20)
-    monkeypatch.setattr(chroma, 'EXACT_SEARCH_MAX', 2)
+    monkeypatch.setattr(chroma_search, 'UNFILTERED_MAX', 20)
+    monkeypatch.setattr(chroma_search, 'EXACT_SEARCH_MAX', 2)
     found_all = await store.search(T, 'weather forecast', limit=2, session_id=None, role=None)
     assert [h.message for h in found_all] == [h.message for h in expected_all]
     assert {h.session_id for h in found_all} == {'mine'}

@@ -1,0 +1,431 @@
+"""The `Store` contract on Chroma: messages stored one record each, with a vector, so that they can be searched.
+
+The record layout is in `codec.py`; how calls reach Chroma, in `transport.py`.
+
+The session record is the commit point. A session's messages are exactly the ids `first_id .. next_id - 1`, read
+by id and ordered by their stored sequence number, never by the order Chroma returns; clearing moves `first_id`
+to `next_id`. An append writes (upserts) the message records first and then the session record, so a failure in
+between leaves records outside the range that no read or search returns and the next append overwrites. Delete
+and clear commit on the session record first and then remove the message vectors; search returns only hits
+inside a live session's range, so an interrupted delete never shows ghosts, and the next DELETE of the id (even
+one that answers 404) or its re-creation removes what was left.
+
+Atomicity: Chroma has no transactions or compare-and-set. Inside one process every write to a session holds an
+asyncio lock of its own (per tenant and session), so all contract guarantees hold for one process. Across
+processes nothing is atomic: two processes writing the same session at the same moment can overwrite each other
+(both take the same message ids; last writer wins) or both create it. Embedded Chroma therefore refuses
+`--workers` > 1 (two processes on one persistent directory also see inconsistent vector indexes). Server mode
+allows several memsvc processes; they are safe as long as each session is written by one process at a time
+(e.g. a load balancer with session affinity); otherwise use Redis for the history.
+
+Versions and Idempotency-Keys are checked under the same lock. An idempotency record is written after the messages
+and before the session record. A retry replays it only if the first attempt committed: the session's range
+reaches past the recorded messages and the first of them carries the attempt's nonce (a later writer that took
+those ids after a failed attempt left its own). Otherwise the retry writes again.
+
+Nothing blocks the event loop: the embedding runs on the store's thread pool, Chroma calls go through the
+transport. A write, once started, runs to its end even if its request is cancelled (`_locked`).
+"""
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import orjson
+
+from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, SessionFull, SessionLimitReached, SessionNotFound
+from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, utc_now, with_id
+from memsvc.settings import Settings
+from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
+from memsvc.stores.chroma.codec import (
+    Layout,
+    Meta,
+    SessionRow,
+    Where,
+    as_int,
+    idempotency_metadata,
+    idempotency_record_id,
+    join_message,
+    message_record_id,
+    message_records,
+    placeholder,
+    session_record_id,
+    where,
+)
+from memsvc.stores.chroma.operations import IDS_PER_CALL, Chroma, chunks
+from memsvc.stores.chroma.search import Search
+from memsvc.stores.chroma.transport import Transport
+
+if TYPE_CHECKING:
+    from memsvc.embeddings import Embedder, Vectors
+
+P = ParamSpec('P')
+T = TypeVar('T')
+
+
+class ChromaStore:
+    """The transport, the embedder and the executor are the caller's (`open_store`)."""
+
+    self_timed: frozenset[str] = frozenset()
+
+    def __init__(
+        self, transport: Transport, embedder: 'Embedder', executor: ThreadPoolExecutor, settings: Settings
+    ) -> None:
+        self._layout = Layout.for_prefix(settings.key_prefix)
+        self._chroma = transport.run
+        self._where = transport.where
+        self._search = Search(transport, self._layout)
+        self._embedder = embedder
+        self._executor = executor
+        self._limits = Limits.from_settings(settings)
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._writing: set[asyncio.Future[Any]] = set()  # writes that run on after their caller was cancelled
+
+    async def open(self) -> None:
+        """Create (or find) the collections; raises `BackendUnavailable` naming the Chroma when it does not answer."""
+        try:
+            await self._chroma(Chroma.count, self._layout.sessions)
+            await self._chroma(Chroma.count, self._layout.messages)
+        except BackendUnavailable as exc:
+            cause = exc.__cause__
+            detail = ' '.join(str(cause).split()) or type(cause).__name__
+            raise BackendUnavailable(f'{self._where} does not answer: {detail}') from None
+
+    # --- running writes ----------------------------------------------------------------------
+
+    async def _embed(self, texts: list[str]) -> 'Vectors':
+        """On the store's thread pool: the embedding holds a core for a long time."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embedder.embed, texts)
+
+    async def _locked(
+        self,
+        tenant: str,
+        session_id: str,
+        write: Callable[Concatenate[str, str, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`write(tenant, session_id, ...)` holding the session's lock (one writer per session in this process), to
+        completion even if the caller is cancelled (a client that disconnects, a timeout): the next write of the
+        session never starts while a call of this one is still writing to Chroma."""
+        key = (tenant, session_id)
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        work = functools.partial(write, tenant, session_id, *args, **kwargs)
+
+        async def locked() -> T:
+            try:
+                async with lock:
+                    return await work()
+            finally:
+                held, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (held, users - 1)
+
+        return await self._shielded(locked())
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await `work` as a task that a cancellation of the caller does not stop."""
+        task = asyncio.ensure_future(work)
+        self._writing.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._writing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that was cancelled meanwhile has answered already
+
+    # --- records -----------------------------------------------------------------------------
+
+    async def _read(self, tenant: str, session_id: str) -> SessionRow | None:
+        found = await self._chroma(Chroma.get, self._layout.sessions, ids=[session_record_id(tenant, session_id)])
+        return SessionRow.from_metadata(found.metadatas[0]) if found.metadatas else None
+
+    async def _write(self, tenant: str, row: SessionRow) -> None:
+        record_id = session_record_id(tenant, row.record.id)
+        await self._chroma(
+            Chroma.upsert,
+            self._layout.sessions,
+            ids=[record_id],
+            embeddings=placeholder(record_id),
+            metadatas=[row.metadata(tenant)],
+        )
+
+    async def _delete_messages(self, tenant: str, session_id: str, below: int | None = None) -> None:
+        clauses: list[Where] = [{'tenant': tenant}, {'session_id': session_id}]
+        if below is not None:
+            clauses.append({'seq': {'$lt': below}})
+        await self._chroma(Chroma.delete, self._layout.messages, where=where(*clauses))
+
+    async def _messages_of(self, tenant: str, row: SessionRow, lo: int, hi: int) -> list[bytes]:
+        """The messages with ids lo .. hi - 1 (clipped to the session's range), oldest first."""
+        lo, hi = max(lo, row.first_id), min(hi, row.next_id)
+        if lo >= hi:
+            return []
+        ids = [message_record_id(tenant, row.record.id, seq) for seq in range(lo, hi)]
+        rows: list[tuple[int, bytes]] = []
+        for chunk in chunks(ids):
+            found = await self._chroma(Chroma.get, self._layout.messages, ids=chunk, include=('metadatas', 'documents'))
+            rows.extend(join_message(meta, doc) for meta, doc in zip(found.metadatas, found.documents, strict=True))
+        rows.sort(key=lambda row: row[0])
+        return [message for _, message in rows]
+
+    async def _stored(self, tenant: str, row: SessionRow, with_messages: bool) -> StoredSession:
+        if not with_messages:
+            return StoredSession(row.record, b'[]')
+        return StoredSession(row.record, json_array(await self._messages_of(tenant, row, row.first_id, row.next_id)))
+
+    async def _check_room(self, tenant: str) -> None:
+        """Before a write that creates a session: the tenant's session limit (counted, so only when one is set)."""
+        if not self._limits.max_sessions:
+            return
+        found = await self._chroma(Chroma.get, self._layout.sessions, where={'tenant': tenant}, include=())
+        if len(found.ids) >= self._limits.max_sessions:
+            raise SessionLimitReached(self._limits.max_sessions)
+
+    async def _recorded(self, tenant: str, session_id: str, idempotency: Idempotency | None) -> Meta | None:
+        """The unexpired record of this Idempotency-Key; `IdempotencyKeyReused` if it was for another request."""
+        if idempotency is None:
+            return None
+        record_id = idempotency_record_id(tenant, session_id, idempotency)
+        found = await self._chroma(Chroma.get, self._layout.sessions, ids=[record_id])
+        if not found.metadatas or as_int(found.metadatas[0]['expires']) < to_micros(utc_now()):
+            return None
+        if found.metadatas[0]['fingerprint'] != idempotency.fingerprint:
+            raise IdempotencyKeyReused()
+        return found.metadatas[0]
+
+    async def _record(self, tenant: str, session_id: str, idempotency: Idempotency | None, **result: str | int) -> None:
+        if idempotency is None:
+            return
+        record_id = idempotency_record_id(tenant, session_id, idempotency)
+        await self._chroma(
+            Chroma.upsert,
+            self._layout.sessions,
+            ids=[record_id],
+            embeddings=placeholder(record_id),
+            metadatas=[idempotency_metadata(tenant, session_id, idempotency, result)],
+        )
+
+    async def _committed(self, tenant: str, row: SessionRow, first: int, count: int, attempt: str) -> bool:
+        """Whether the attempt that recorded messages first .. first + count - 1 reached its commit."""
+        if row.next_id < first + count:
+            return False
+        probe = message_record_id(tenant, row.record.id, first)
+        found = await self._chroma(Chroma.get, self._layout.messages, ids=[probe])
+        return bool(found.metadatas) and found.metadatas[0].get('attempt') == attempt
+
+    # --- the Store contract ------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._chroma(Chroma.heartbeat)
+
+    async def create_session(
+        self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
+    ) -> SessionRecord | None:
+        return await self._locked(tenant, record.id, self._create_session, record, idempotency)
+
+    async def _create_session(
+        self, tenant: str, session_id: str, record: SessionRecord, idempotency: Idempotency | None
+    ) -> SessionRecord | None:
+        existing = await self._read(tenant, session_id)
+        recorded = await self._recorded(tenant, session_id, idempotency)
+        committed = existing is not None and to_micros(existing.record.created_at) == (recorded or {}).get('created_at')
+        if recorded is not None and committed:  # the create this key recorded happened: answer as it did
+            created_at = from_micros(as_int(recorded['created_at']))
+            return SessionRecord(session_id, created_at, created_at, str(recorded['metadata']).encode(), 0)
+        if existing is not None:
+            return None
+        await self._check_room(tenant)
+        await self._delete_messages(tenant, session_id)  # whatever an interrupted delete left behind
+        await self._record(
+            tenant, session_id, idempotency, created_at=to_micros(record.created_at), metadata=record.metadata.decode()
+        )
+        await self._write(tenant, SessionRow.new(record))
+        return record
+
+    async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
+        row = await self._read(tenant, session_id)
+        return None if row is None else await self._stored(tenant, row, with_messages)
+
+    async def list_sessions(
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+    ) -> tuple[list[StoredSession], bool]:
+        """Reads the metadata of the tenant's sessions up to the cursor and sorts them here: Chroma cannot sort."""
+        clauses: list[Where] = [{'tenant': tenant}]
+        if after is not None:
+            clauses.append({'updated_at': {'$lte': after[0]}})
+        found = await self._chroma(Chroma.get, self._layout.sessions, where=where(*clauses))
+        rows = [SessionRow.from_metadata(meta) for meta in found.metadatas]
+        if after is not None:  # tuple order: an earlier time, or the same time and a smaller id
+            rows = [row for row in rows if (to_micros(row.record.updated_at), row.record.id) < after]
+        rows.sort(key=lambda row: (to_micros(row.record.updated_at), row.record.id), reverse=True)
+        page = [await self._stored(tenant, row, with_messages) for row in rows[:limit]]
+        return page, len(rows) > limit
+
+    async def update_metadata(
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+    ) -> SessionRecord | None:
+        return await self._locked(tenant, session_id, self._update_metadata, apply, now, expected_version)
+
+    async def _update_metadata(
+        self,
+        tenant: str,
+        session_id: str,
+        apply: Callable[[bytes], bytes],
+        now: datetime,
+        expected_version: int | None,
+    ) -> SessionRecord | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        check_version(session_id, row.record.version, expected_version)
+        updated = row.bumped(now, metadata=apply(row.record.metadata))
+        await self._write(tenant, updated)
+        return updated.record
+
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
+        return await self._locked(tenant, session_id, self._delete_session, expected_version)
+
+    async def _delete_session(self, tenant: str, session_id: str, expected_version: int | None) -> bool:
+        row = await self._read(tenant, session_id)
+        if row is not None:
+            check_version(session_id, row.record.version, expected_version)
+            await self._chroma(Chroma.delete, self._layout.sessions, ids=[session_record_id(tenant, session_id)])
+        await self._delete_messages(tenant, session_id)  # also completes an earlier, interrupted delete
+        keys = where({'idem_tenant': tenant}, {'idem_session': session_id})
+        await self._chroma(Chroma.delete, self._layout.sessions, where=keys)
+        return row is not None
+
+    async def append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Appended:
+        """Embeds first (the slow part, outside the session's lock), then writes the messages and the session. Once
+        started it runs to its end even if the request is cancelled (a deadline, a client gone): the embedding is
+        not wasted, and a retry with the same Idempotency-Key finds the result."""
+
+        async def embed_then_write() -> Appended:
+            vectors = await self._embed([orjson.loads(body)['content'] for body in bodies])
+            return await self._locked(
+                tenant, session_id, self._append_messages, bodies, vectors, now, expected_version, idempotency
+            )
+
+        return await self._shielded(embed_then_write())
+
+    async def _append_messages(
+        self,
+        tenant: str,
+        session_id: str,
+        bodies: list[bytes],
+        vectors: 'Vectors',
+        now: datetime,
+        expected_version: int | None,
+        idempotency: Idempotency | None,
+    ) -> Appended:
+        row = await self._read(tenant, session_id)
+        recorded = await self._recorded(tenant, session_id, idempotency)
+        if recorded is not None and row is not None:
+            first, count = as_int(recorded['first_id']), as_int(recorded['count'])
+            if await self._committed(tenant, row, first, count, str(recorded['attempt'])):
+                replayed = await self._messages_of(tenant, row, first, first + count)
+                return Appended(replayed, as_int(recorded['version']))
+        check_version(session_id, None if row is None else row.record.version, expected_version)
+        if row is None:
+            await self._check_room(tenant)
+            await self._delete_messages(tenant, session_id)  # whatever an interrupted delete left behind
+            row = SessionRow.new(
+                SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
+            )
+        limits = self._limits
+        if limits.reject_full and row.next_id - row.first_id + len(bodies) > limits.max_messages > 0:
+            raise SessionFull(session_id, limits.max_messages)
+        first_new, attempt = row.next_id, uuid.uuid4().hex
+        stored = [with_id(seq, body) for seq, body in enumerate(bodies, first_new)]
+        records = message_records(tenant, session_id, first_new, stored, attempt)
+        for start in range(0, len(stored), IDS_PER_CALL):
+            end = start + IDS_PER_CALL
+            await self._chroma(
+                Chroma.upsert,
+                self._layout.messages,
+                ids=records.ids[start:end],
+                embeddings=vectors[start:end],
+                documents=records.documents[start:end],
+                metadatas=records.metadatas[start:end],
+            )
+        next_id = first_new + len(stored)
+        first_id = row.first_id
+        if limits.max_messages and next_id - first_id > limits.max_messages:
+            first_id = next_id - limits.max_messages
+        updated = row.bumped(now, first_id=first_id, next_id=next_id)
+        version = updated.record.version
+        await self._record(
+            tenant, session_id, idempotency, first_id=first_new, count=len(stored), version=version, attempt=attempt
+        )
+        await self._write(tenant, updated)
+        if first_id > row.first_id:
+            await self._delete_messages(tenant, session_id, below=first_id)
+        return Appended(stored, version)
+
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        lo = row.first_id if selection.after is None else max(selection.after + 1, row.first_id)
+        hi = row.next_id if selection.before is None else min(selection.before, row.next_id)
+        if selection.limit is not None and hi - lo > selection.limit:
+            if selection.after is None:
+                lo = hi - selection.limit
+            else:
+                hi = lo + selection.limit
+        return json_array(await self._messages_of(tenant, row, lo, hi))
+
+    async def clear_messages(
+        self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        return await self._locked(tenant, session_id, self._clear_messages, now, expected_version)
+
+    async def _clear_messages(
+        self, tenant: str, session_id: str, now: datetime, expected_version: int | None
+    ) -> int | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        check_version(session_id, row.record.version, expected_version)
+        cleared = row.bumped(now, first_id=row.next_id)
+        await self._write(tenant, cleared)
+        await self._delete_messages(tenant, session_id, below=row.next_id)
+        return cleared.record.version
+
+    async def search(
+        self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
+    ) -> list[SearchHit]:
+        """See `search.py`. An unknown `session_id` raises `SessionNotFound`, so that searching a session that does
+        not exist is a 404 like every other session route."""
+        row = None
+        if session_id is not None:
+            row = await self._read(tenant, session_id)
+            if row is None:
+                raise SessionNotFound(session_id)
+        [vector] = await self._embed([query])
+        return await self._search.search(tenant, vector, limit=limit, session=row, role=role)
