@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -43,9 +43,8 @@ _COLLECTION_PREFIX = re.compile(r'^[A-Za-z0-9](?!.*\.\.)[A-Za-z0-9_.-]*$')
 _MESSAGE_HEAD = b'{"id":%d,"role":"%s","content":'
 
 
-@dataclass(slots=True, frozen=True)
-class CollectionSpec:
-    """A collection and how to create it when it is missing."""
+class CollectionSpec(NamedTuple):
+    """A collection and how to create it when it is missing. (A NamedTuple: every call sends one to the child.)"""
 
     name: str
     cosine: bool

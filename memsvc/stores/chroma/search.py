@@ -69,7 +69,7 @@ class Search:
             found = await self._run(
                 Chroma.get, self._layout.messages, ids=chunk, include=('embeddings', 'metadatas', 'documents')
             )
-            if len(found.embeddings) == 0:
+            if found.embeddings is None or len(found.embeddings) == 0:
                 continue
             scores = found.embeddings @ vector
             for score, meta, document in zip(scores, found.metadatas, found.documents, strict=True):
