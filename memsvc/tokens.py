@@ -175,6 +175,11 @@ class TokenCounter:
         """Tokens of `content` sent as one `system` message (how the summary is rendered)."""
         return MESSAGE_OVERHEAD + self._roles['system'] + self.text(content)
 
+    def framing(self, role: str) -> int:
+        """What a message of `role` with only a content costs beyond the content's tokens."""
+        role_tokens = self._roles.get(role)
+        return MESSAGE_OVERHEAD + (len(self._encode(role)) if role_tokens is None else role_tokens)
+
 
 def load_counter(name: EncodingName = DEFAULT_ENCODING) -> TokenCounter:
     """Load `name` from the packaged file (blocking: run it off the event loop, once per process)."""
