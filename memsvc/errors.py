@@ -22,6 +22,25 @@ class SessionNotFound(MemsvcError):
         super().__init__(f'session {session_id!r} does not exist')
 
 
+class SummaryNotFound(MemsvcError):
+    """The session exists and has no summary."""
+
+    code = 'summary_not_found'
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f'session {session_id!r} has no summary')
+
+
+class ThroughIdNotStored(MemsvcError):
+    """A summary's `through_id` that names no message stored in the session (never stored, trimmed or cleared)."""
+
+    code = 'through_id_not_stored'
+
+    def __init__(self, session_id: str, through_id: int) -> None:
+        super().__init__(f'through_id: session {session_id!r} stores no message with id {through_id}')
+        self.through_id = through_id
+
+
 class InvalidSessionId(MemsvcError):
     """An id outside `[A-Za-z0-9_.:-]{1,128}`. Ids become storage keys: no store ever sees such an id."""
 

@@ -34,7 +34,7 @@ from memsvc.models import (
     utc_now,
 )
 from memsvc.settings import Settings
-from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store
+from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store, Summarized
 
 _IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
 """The namespace of session ids derived from an Idempotency-Key (uuid5)."""
@@ -186,6 +186,61 @@ class AsyncMemoryManager:
         if version is None:
             raise SessionNotFound(session_id)
         return version
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        content: str,
+        through_id: int,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Summarized:
+        """Set the session's summary, covering the messages up to `through_id` (a stored message's id);
+        answer it as stored (`{"content", "through_id", "updated_at"}`) with the session's new version."""
+        require_session_id(session_id)
+        if len(content) > self._max_content:
+            raise InvalidInput('content', f'at most {self._max_content} characters, got {len(content)}')
+        now = utc_now()
+        summary = orjson.dumps(
+            {'content': content, 'through_id': through_id, 'updated_at': now}, option=orjson.OPT_UTC_Z
+        )
+        idempotency = self._idempotency(
+            idempotency_key, 'set_summary', session_id, lambda: {'content': content, 'through_id': through_id}
+        )
+        written = await self.store.set_summary(
+            tenant, session_id, summary, through_id, now, expected_version=expected_version, idempotency=idempotency
+        )
+        if written is None:
+            raise SessionNotFound(session_id)
+        return written
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes:
+        """The summary as `set_summary` answered it; `SummaryNotFound` when none is set."""
+        require_session_id(session_id)
+        summary = await self.store.get_summary(tenant, session_id)
+        if summary is None:
+            raise SessionNotFound(session_id)
+        return summary
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Remove the summary (`SummaryNotFound` when none is set); return the session's new version."""
+        require_session_id(session_id)
+        idempotency = self._idempotency(idempotency_key, 'delete_summary', session_id, lambda: None)
+        written = await self.store.delete_summary(
+            tenant, session_id, utc_now(), expected_version=expected_version, idempotency=idempotency
+        )
+        if written is None:
+            raise SessionNotFound(session_id)
+        return written.version
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None = None, role: str | None = None

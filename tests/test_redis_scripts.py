@@ -43,17 +43,19 @@ def test_each_name_lands_where_the_script_reads_it(script: Script) -> None:
 
 
 def test_an_optional_key_passed_as_none_is_left_out() -> None:
-    _, tail = lua.DELETE.bind(meta='m', msgs='l', sessions=None, session_id='s', expected='')
-    assert tail == [2, 'm', 'l', 's', '']
-    _, tail = lua.DELETE.bind(meta='m', msgs='l', sessions='i', session_id='s', expected='')
-    assert tail == [3, 'm', 'l', 'i', 's', '']
+    _, tail = lua.DELETE.bind(meta='m', msgs='l', counts='c', summary='y', sessions=None, session_id='s', expected='')
+    assert tail == [4, 'm', 'l', 'c', 'y', 's', '']
+    _, tail = lua.DELETE.bind(meta='m', msgs='l', counts='c', summary='y', sessions='i', session_id='s', expected='')
+    assert tail == [5, 'm', 'l', 'c', 'y', 'i', 's', '']
 
 
 def test_a_missing_or_unknown_name_is_an_error_naming_the_script() -> None:
     with pytest.raises(TypeError, match=r"delete\(\) missing 1 required keyword-only argument: 'expected'"):
-        lua.DELETE.bind(meta='m', msgs='l', sessions=None, session_id='s')
+        lua.DELETE.bind(meta='m', msgs='l', counts='c', summary='y', sessions=None, session_id='s')
     with pytest.raises(TypeError, match=r"delete\(\) got an unexpected keyword argument 'version'"):
-        lua.DELETE.bind(meta='m', msgs='l', sessions=None, session_id='s', expected='', version='1')
+        lua.DELETE.bind(
+            meta='m', msgs='l', counts='c', summary='y', sessions=None, session_id='s', expected='', version='1'
+        )
 
 
 @pytest.mark.parametrize(

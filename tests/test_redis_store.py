@@ -44,7 +44,7 @@ def redis_kind(request: pytest.FixtureRequest) -> str:
 def documented_layout() -> list[tuple[str, str, list[str]]]:
     """(key template, type, hash fields named) for each line of the layout in the module docstring."""
     assert redis_store.__doc__ is not None
-    found = re.findall(r'^ +(\{p\}:\S+) +(HASH|LIST|ZSET) +(.*)$', redis_store.__doc__, flags=re.MULTILINE)
+    found = re.findall(r'^ +(\{p\}:\S+) +(HASH|LIST|ZSET|STRING) +(.*)$', redis_store.__doc__, flags=re.MULTILINE)
     return [
         (template, kind, [re.sub(r'\(.*?\)', '', part).strip() for part in rest.split(',')])
         for template, kind, rest in found
@@ -54,16 +54,18 @@ def documented_layout() -> list[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize('store_kind', ['redis'])
 async def test_key_layout_is_the_documented_one(store: Store, raw: Client, settings: Settings) -> None:
     layout = documented_layout()
-    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'HASH', 'ZSET']
+    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'LIST', 'STRING', 'HASH', 'ZSET']
     created = utc_now()
     await store.create_session(
         T, SessionRecord(id='s1', created_at=created, updated_at=created, metadata=b'{"k":"v"}', version=0)
     )
     idempotency = Idempotency(key='a1' * 32, fingerprint='f0' * 32, ttl_seconds=600)
     appended = await store.append_messages(
-        T, 's1', [body('a'), body('b')], created + timedelta(seconds=1), idempotency=idempotency
+        T, 's1', [body('a'), body('b')], created + timedelta(seconds=1), idempotency=idempotency, records=[24, 5]
     )
     stored = appended.messages
+    summary = b'{"content":"s","through_id":2,"updated_at":"2026-01-01T00:00:00Z"}'
+    await store.set_summary(T, 's1', summary, 2, created + timedelta(seconds=1))
 
     def key(template: str) -> str:
         return (
@@ -73,17 +75,21 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
             .replace('<key>', idempotency.key)
         )
 
-    meta, msgs, idem, index = (key(template) for template, _, _ in layout)
-    assert sorted(await raw.keys(f'{settings.key_prefix}:*')) == sorted(k.encode() for k in (meta, msgs, idem, index))
+    meta, msgs, counts, summary_key, idem, index = all_keys = [key(template) for template, _, _ in layout]
+    assert sorted(await raw.keys(f'{settings.key_prefix}:*')) == sorted(k.encode() for k in all_keys)
     for template, kind, _ in layout:
         assert await raw.type(key(template)) == kind.lower().encode(), template
     keys = RedisKeys(settings.key_prefix, T)
-    assert (keys.meta('s1'), keys.msgs('s1'), keys.idempotency('s1', idempotency.key), keys.sessions()) == (
-        meta,
-        msgs,
-        idem,
-        index,
-    )
+    assert [
+        keys.meta('s1'),
+        keys.msgs('s1'),
+        keys.counts('s1'),
+        keys.summary('s1'),
+        keys.idempotency('s1', idempotency.key),
+        keys.sessions(),
+    ] == all_keys
+    assert await raw.lrange(counts, 0, -1) == [b'24', b'5']
+    assert await raw.get(summary_key) == summary
 
     def hash_fields(found: dict[Any, Any]) -> dict[str, Any]:
         return {(k.decode() if isinstance(k, bytes) else k): v for k, v in found.items()}
@@ -96,13 +102,15 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
     assert int(fields['next_id']) == 3
     assert await raw.lrange(msgs, 0, -1) == stored, 'the list holds exactly the bytes the store returned'
     record = hash_fields(await raw.hgetall(idem))
-    assert sorted(record) == sorted(layout[2][2])
+    assert sorted(record) == sorted(layout[4][2])
     assert record['fingerprint'] == idempotency.fingerprint.encode()
     assert 0 < await raw.pttl(idem) <= 600_000, 'the record lives for the Idempotency-Key TTL'
     assert await raw.zrange(index, 0, -1, withscores=True) == [
         (b's1', float(to_micros(created + timedelta(seconds=1))))
     ]
-    assert len({key_slot(k.encode()) for k in (meta, msgs, idem)}) == 1, 'one hash tag: one Cluster slot per session'
+    assert len({key_slot(k.encode()) for k in (meta, msgs, counts, summary_key, idem)}) == 1, (
+        'one hash tag: one Cluster slot per session'
+    )
 
 
 async def test_sessions_spread_over_the_cluster_and_list_across_slots(request: pytest.FixtureRequest) -> None:
@@ -130,14 +138,14 @@ async def test_ttl_is_set_on_every_key_and_slides_on_every_write(
 ) -> None:
     settings = make_settings(redis_kind, request, session_ttl_seconds=100)
     keys = RedisKeys(settings.key_prefix, T)
-    meta, msgs = keys.meta('s'), keys.msgs('s')
+    meta, msgs, counts, summary = keys.meta('s'), keys.msgs('s'), keys.counts('s'), keys.summary('s')
     raw = create_client(settings)
     try:
         async with open_store(settings) as store:
 
             async def age() -> None:
                 """Pretend 95 of the 100 seconds passed: only what the next write does can lift the TTL again."""
-                for key in (meta, msgs):
+                for key in (meta, msgs, counts, summary):
                     await raw.pexpire(key, 5000)
 
             async def assert_refreshed(*keys_: str) -> None:
@@ -150,13 +158,19 @@ async def test_ttl_is_set_on_every_key_and_slides_on_every_write(
             )
             await assert_refreshed(meta)
             await store.append_messages(T, 's', [body('a')], utc_now())
-            await assert_refreshed(meta, msgs)
+            await assert_refreshed(meta, msgs, counts)
+            await age()
+            await store.set_summary(T, 's', b'{}', 1, utc_now())
+            await assert_refreshed(meta, msgs, counts, summary)
             await age()
             await store.update_metadata(T, 's', lambda m: b'{"x":1}', utc_now())
-            await assert_refreshed(meta, msgs)
+            await assert_refreshed(meta, msgs, counts, summary)
             await age()
             await store.append_messages(T, 's', [body('b')], utc_now())
-            await assert_refreshed(meta, msgs)
+            await assert_refreshed(meta, msgs, counts, summary)
+            await age()
+            await store.delete_summary(T, 's', utc_now())
+            await assert_refreshed(meta, msgs, counts)
             await age()
             await store.clear_messages(T, 's', utc_now())
             await assert_refreshed(meta)
@@ -169,7 +183,8 @@ async def test_ttl_is_set_on_every_key_and_slides_on_every_write(
             assert await raw.pttl(meta) <= 5000, 'reads do not refresh the TTL'
         async with open_store(settings.model_copy(update={'session_ttl_seconds': 0})) as store:
             await store.append_messages(T, 's', [body('d')], utc_now())
-            for key in (meta, msgs, keys.sessions()):
+            await store.set_summary(T, 's', b'{}', 4, utc_now())
+            for key in (meta, msgs, counts, summary, keys.sessions()):
                 assert await raw.pttl(key) == -1, f'{key}: TTL 0 means no expiry'
     finally:
         await raw.aclose()

@@ -14,12 +14,19 @@ session, never reused) and session versions, creating the session on its first a
 the expiry of idle sessions. (One of these is not atomic: on Redis Cluster a tenant's session count lives in
 another slot than the session, so near the limit concurrent creates can pass it together; see `RedisStore`.)
 
-Absence is reported as `None`/`False`, never raised; a backend that cannot answer raises
-`BackendUnavailable` (translated inside the store, so nothing above it sees a client library's
-exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
+A session's summary (`set_summary`) is part of the session: its writes bump the version, it is deleted and
+cleared with the messages (it covers messages that are gone) and it expires with them. Its `through_id` must
+name a stored message (`ThroughIdNotStored`), checked atomically with the write. Each message is stored with
+its `record` (`memsvc.context.record`: token count and kind, one int below 2**63, 0 for a message stored
+without one), which `get_counted_messages` hands back and trimming reads: trimming to `max_messages` never
+leaves a `tool` message first (`trim_count`).
+
+Absence is reported as `None`/`False`, never raised (but a session without a summary: `SummaryNotFound`); a
+backend that cannot answer raises `BackendUnavailable` (translated inside the store, so nothing above it sees a
+client library's exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -45,6 +52,31 @@ class MessageRange(NamedTuple):
     limit: int | None = None
     before: int | None = None
     after: int | None = None
+
+
+RESULT_KIND = 2
+"""The kind of a `tool` message in a record (`record & 3`, `memsvc.context.RESULT`)."""
+_TOOL_ROLE = b'"role":"tool"'
+
+
+def stored_kind(message: bytes, record: int) -> int:
+    """A stored message's kind as far as trimming needs it: from its record, or, for a message stored without
+    one, `RESULT_KIND` when its role is `tool` (`models.encode_message` puts the role right after the id)."""
+    if record:
+        return record & 3
+    return RESULT_KIND if message.startswith(_TOOL_ROLE, message.index(b',') + 1) else 0
+
+
+def trim_count(kinds_oldest_first: Iterable[int], at_least: int) -> int:
+    """How many of a session's oldest messages to trim so that at least `at_least` go and the oldest one kept
+    is not a `tool` message whose call went: the tool messages right after the cut go with it (the rule of
+    `memsvc.context.trim_count`). `kinds_oldest_first` needs to reach only past that run."""
+    seen = 0
+    for kind in kinds_oldest_first:
+        if seen >= at_least and kind != RESULT_KIND:
+            return seen
+        seen += 1
+    return max(seen, at_least)
 
 
 ANY_VERSION = -1
@@ -97,6 +129,26 @@ class Appended:
     version: int
 
 
+@dataclass(slots=True, frozen=True)
+class Summarized:
+    """What a summary write answers: the summary as stored (`{"content", "through_id", "updated_at"}`, the
+    JSON the API answers with; empty after a delete) and the session's new version."""
+
+    summary: bytes
+    version: int
+
+
+Counted = tuple[bytes, int]
+"""A stored message and its record (0: stored without one; the reader counts it)."""
+
+
+class CountedPage(NamedTuple):
+    messages: list[Counted]
+    """The selected messages, oldest first."""
+    total: int
+    """How many messages the session stores."""
+
+
 class Store(Protocol):
     """Writes that take `expected_version` raise `PreconditionFailed` when the session's version is another
     one (or, for an append, when the session does not exist), and change nothing."""
@@ -144,18 +196,51 @@ class Store(Protocol):
         *,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
+        records: Sequence[int] | None = None,
     ) -> Appended:
         """Append messages encoded by `models.encode_message` in one atomic step, creating the session if
-        it is missing, and return them as stored (with their ids, `models.with_id`) and the new version."""
+        it is missing, and return them as stored (with their ids, `models.with_id`) and the new version.
+        `records` are the messages' records, stored next to them (None: 0 for each)."""
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         """The selected messages, oldest first, as one JSON array: the body of the API's answer."""
 
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        """The selected messages with their records, and the number stored (None: no such session)."""
+
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
     ) -> int | None:
-        """Remove every message and return the new version; the session and its metadata stay. Ids are
-        never reused."""
+        """Remove every message and the summary, and return the new version; the session and its metadata
+        stay. Ids are never reused."""
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        """Store `summary` (the JSON to answer) as the session's summary, replacing any, if a message with id
+        `through_id` is stored (else raise `ThroughIdNotStored`). None: no such session."""
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        """The summary as stored by `set_summary`; None: no such session; `SummaryNotFound`: none set."""
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        """Remove the summary (`SummaryNotFound` if none is set); None: no such session."""
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

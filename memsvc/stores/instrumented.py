@@ -8,14 +8,14 @@ answers 503; the operation may still complete (a Chroma thread cannot be stopped
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
 from memsvc.errors import BackendUnavailable, MemsvcError, StoreTimeout
 from memsvc.metrics import Metrics
 from memsvc.models import SearchHit, SessionRecord, StoredSession
-from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store
+from memsvc.stores.base import Appended, CountedPage, Idempotency, ListCursor, MessageRange, Store, Summarized
 
 T = TypeVar('T')
 
@@ -141,14 +141,51 @@ class InstrumentedStore:
         *,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
+        records: Sequence[int] | None = None,
     ) -> Appended:
         call = self.inner.append_messages(
-            tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency
+            tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency, records=records
         )
         return await self._call('append_messages', call)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         return await self._call('get_messages', self.inner.get_messages(tenant, session_id, selection))
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        return await self._call('get_counted_messages', self.inner.get_counted_messages(tenant, session_id, selection))
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        call = self.inner.set_summary(
+            tenant, session_id, summary, through_id, now, expected_version=expected_version, idempotency=idempotency
+        )
+        return await self._call('set_summary', call)
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        return await self._call('get_summary', self.inner.get_summary(tenant, session_id))
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        call = self.inner.delete_summary(
+            tenant, session_id, now, expected_version=expected_version, idempotency=idempotency
+        )
+        return await self._call('delete_summary', call)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

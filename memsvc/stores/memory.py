@@ -18,15 +18,33 @@ a pause that shows in the tail latency of every request).
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sortedcontainers import SortedList
 
-from memsvc.errors import IdempotencyKeyReused, NotSupported, SessionFull, SessionLimitReached
+from memsvc.errors import (
+    IdempotencyKeyReused,
+    NotSupported,
+    SessionFull,
+    SessionLimitReached,
+    SummaryNotFound,
+    ThroughIdNotStored,
+)
 from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
-from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
+from memsvc.stores.base import (
+    Appended,
+    CountedPage,
+    Idempotency,
+    Limits,
+    ListCursor,
+    MessageRange,
+    Summarized,
+    check_version,
+    stored_kind,
+    trim_count,
+)
 
 
 class _Log:
@@ -36,7 +54,7 @@ class _Log:
     one copy of their bytes.
     """
 
-    __slots__ = ('dropped', 'ends', 'text')
+    __slots__ = ('dropped', 'ends', 'records', 'text')
 
     def __init__(self) -> None:
         self.text = bytearray()
@@ -44,11 +62,14 @@ class _Log:
         """Where each message's comma ends, counted from the start of everything this log has held."""
         self.dropped = 0
         """Bytes cut from the front of `text` (by `drop_oldest`)."""
+        self.records = array('Q')
+        """Each message's record, parallel to `ends`."""
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def extend(self, messages: list[bytes]) -> None:
+    def extend(self, messages: list[bytes], records: Sequence[int] | None) -> None:
+        self.records.extend(records if records is not None else [0] * len(messages))
         ends, end = self.ends, self.dropped + len(self.text)
         for message in messages:
             end += len(message) + 1
@@ -61,7 +82,18 @@ class _Log:
         cut = self.ends[count - 1] - self.dropped
         del self.text[:cut]  # O(1): a bytearray moves its start rather than its contents
         del self.ends[:count]
+        del self.records[:count]
         self.dropped += cut
+
+    def message(self, position: int) -> bytes:
+        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
+        return bytes(self.text[start : self.ends[position] - self.dropped - 1])
+
+    def trim_count(self, at_least: int) -> int:
+        """How many of the oldest messages to drop: `at_least`, and the tool messages right after them."""
+        records = self.records
+        kinds = (records[n] & 3 if records[n] else stored_kind(self.message(n), 0) for n in range(len(records)))
+        return trim_count(kinds, at_least)
 
     def json_array(self, lo: int, hi: int) -> bytes:
         """The messages at positions lo to hi - 1, as a JSON array."""
@@ -81,6 +113,8 @@ class _Session:
     messages: _Log = field(default_factory=_Log)
     first_id: int = 1
     next_id: int = 1
+    summary: bytes = b''
+    """As `set_summary` stored it; empty when none is set."""
     listed: ListCursor = (0, '')
     """Its place in the tenant's listing, (updated_at in µs, id), as of the last time the listing was sorted."""
 
@@ -106,7 +140,7 @@ def _check_version(session_id: str, session: _Session | None, expected: int | No
 class _Recorded:
     fingerprint: str
     expires: float  # time.monotonic()
-    result: SessionRecord | Appended
+    result: SessionRecord | Appended | Summarized
 
 
 class _Tenant:
@@ -118,7 +152,7 @@ class _Tenant:
         """Sessions written since the listing was last sorted: their `listed` place is out of date."""
         self.recorded: dict[tuple[str, str], _Recorded] = {}
 
-    def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | None:
+    def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | Summarized | None:
         """The recorded result of this key's first request, if there is one."""
         if idempotency is None:
             return None
@@ -129,7 +163,9 @@ class _Tenant:
             raise IdempotencyKeyReused()
         return found.result
 
-    def record(self, session_id: str, idempotency: Idempotency | None, result: SessionRecord | Appended) -> None:
+    def record(
+        self, session_id: str, idempotency: Idempotency | None, result: SessionRecord | Appended | Summarized
+    ) -> None:
         if idempotency is None:
             return
         now = time.monotonic()
@@ -162,6 +198,19 @@ class _Tenant:
             self.listing.add(session.listed)
         self.moved.clear()
         return self.listing
+
+
+def _positions(session: _Session, selection: MessageRange) -> tuple[int, int]:
+    """The log positions lo to hi - 1 that `selection` takes."""
+    first, count = session.first_id, len(session.messages)
+    lo = 0 if selection.after is None else min(max(selection.after + 1 - first, 0), count)
+    hi = count if selection.before is None else min(max(selection.before - first, 0), count)
+    if selection.limit is not None and hi - lo > selection.limit:
+        if selection.after is None:
+            lo = hi - selection.limit
+        else:
+            hi = lo + selection.limit
+    return lo, hi
 
 
 class MemoryStore:
@@ -246,6 +295,7 @@ class MemoryStore:
         *,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
+        records: Sequence[int] | None = None,
     ) -> Appended:
         part = self._tenant(tenant)
         replayed = part.replay(session_id, idempotency)
@@ -261,10 +311,11 @@ class MemoryStore:
             session = _Session.new(SessionRecord(session_id, now, now, b'{}', 0))
             part.add(session)
         stored = [with_id(session.next_id + i, body) for i, body in enumerate(bodies)]
-        session.messages.extend(stored)
+        session.messages.extend(stored, records)
         session.next_id += len(stored)
         excess = len(session.messages) - self._max_messages
         if self._max_messages and excess > 0:
+            excess = session.messages.trim_count(excess)
             session.messages.drop_oldest(excess)
             session.first_id += excess
         part.touch(session, now)
@@ -276,15 +327,15 @@ class MemoryStore:
         session = self._tenant(tenant).sessions.get(session_id)
         if session is None:
             return None
-        first, count = session.first_id, len(session.messages)
-        lo = 0 if selection.after is None else min(max(selection.after + 1 - first, 0), count)
-        hi = count if selection.before is None else min(max(selection.before - first, 0), count)
-        if selection.limit is not None and hi - lo > selection.limit:
-            if selection.after is None:
-                lo = hi - selection.limit
-            else:
-                hi = lo + selection.limit
-        return session.messages.json_array(lo, hi)
+        return session.messages.json_array(*_positions(session, selection))
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        session = self._tenant(tenant).sessions.get(session_id)
+        if session is None:
+            return None
+        log = session.messages
+        lo, hi = _positions(session, selection)
+        return CountedPage([(log.message(n), log.records[n]) for n in range(lo, hi)], len(log))
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
@@ -296,8 +347,69 @@ class MemoryStore:
         _check_version(session_id, session, expected_version)
         session.messages = _Log()
         session.first_id = session.next_id
+        session.summary = b''
         part.touch(session, now)
         return session.version
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        part = self._tenant(tenant)
+        replayed = part.replay(session_id, idempotency)
+        if isinstance(replayed, Summarized):
+            return replayed
+        session = part.sessions.get(session_id)
+        if session is None:
+            return None
+        _check_version(session_id, session, expected_version)
+        if not session.first_id <= through_id < session.first_id + len(session.messages):
+            raise ThroughIdNotStored(session_id, through_id)
+        session.summary = summary
+        part.touch(session, now)
+        written = Summarized(summary, session.version)
+        part.record(session_id, idempotency, written)
+        return written
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        session = self._tenant(tenant).sessions.get(session_id)
+        if session is None:
+            return None
+        if not session.summary:
+            raise SummaryNotFound(session_id)
+        return session.summary
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        part = self._tenant(tenant)
+        replayed = part.replay(session_id, idempotency)
+        if isinstance(replayed, Summarized):
+            return replayed
+        session = part.sessions.get(session_id)
+        if session is None:
+            return None
+        _check_version(session_id, session, expected_version)
+        if not session.summary:
+            raise SummaryNotFound(session_id)
+        session.summary = b''
+        part.touch(session, now)
+        written = Summarized(b'', session.version)
+        part.record(session_id, idempotency, written)
+        return written
 
     def _check_room(self, part: _Tenant) -> None:
         if self._limits.max_sessions and len(part.sessions) >= self._limits.max_sessions:

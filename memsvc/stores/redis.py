@@ -4,12 +4,18 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
 
     {p}:{<tenant>/<id>}:meta        HASH  created_at, updated_at (µs since the epoch), metadata (JSON), next_id, version
     {p}:{<tenant>/<id>}:msgs        LIST  messages as stored (the bytes `models.with_id` gives), oldest first
+    {p}:{<tenant>/<id>}:counts      LIST  the messages' records (decimal; `memsvc.context.record`), oldest first
+    {p}:{<tenant>/<id>}:summary     STRING  the summary as the API answers it
     {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
 
 The list always holds the consecutive ids `next_id - LLEN .. next_id - 1`, so the first id is derived,
 never stored: trimming to `MEMSVC_MAX_MESSAGES_PER_SESSION` and clearing keep ids stable and unique,
-and a read by id or from the end is one LRANGE. An `:idem:` record is written by the write that carried an
+and a read by id or from the end is one LRANGE. `counts` is aligned with the end of `msgs`: it holds a record
+for each of the last LLEN(counts) messages (messages stored before records were have none, and are counted
+when read); it is pushed, trimmed, cleared and deleted in the same scripts as `msgs`. Trimming never leaves
+a tool message first: the tool messages right after the cut go with it. The summary is cleared with the
+messages (it covers messages that are gone). An `:idem:` record is written by the write that carried an
 Idempotency-Key, in the same script, and lives for the key's own TTL. Nothing is cached in the process.
 
 Every write is one Lua script (`redis_scripts`) that creates the session if needed, takes ids, pushes,
@@ -57,11 +63,22 @@ from memsvc.errors import (
     PreconditionFailed,
     SessionFull,
     SessionLimitReached,
+    SummaryNotFound,
+    ThroughIdNotStored,
 )
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.base import ANY_VERSION, Appended, Idempotency, Limits, ListCursor, MessageRange
+from memsvc.stores.base import (
+    ANY_VERSION,
+    Appended,
+    CountedPage,
+    Idempotency,
+    Limits,
+    ListCursor,
+    MessageRange,
+    Summarized,
+)
 from memsvc.stores.redis_client import Client, masked_url
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS, Arg
 from memsvc.stores.redis_transport import transport_for
@@ -87,6 +104,12 @@ class RedisKeys:
 
     def msgs(self, session_id: str) -> str:
         return f'{self.prefix}:{{{self.tenant}/{session_id}}}:msgs'
+
+    def counts(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:counts'
+
+    def summary(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:summary'
 
     def idempotency(self, session_id: str, key: str) -> str:
         """The record of an Idempotency-Key (`key` is its digest), beside the session it wrote to."""
@@ -190,6 +213,8 @@ class RedisStore:
         return lua.SESSION.bind(
             meta=keys.meta(session_id),
             msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            summary=keys.summary(session_id),
             idem=idem,
             sessions=None if self._index_beside else keys.sessions(),
             now=str(micros),
@@ -352,6 +377,8 @@ class RedisStore:
         call = lua.DELETE.bind(
             meta=keys.meta(session_id),
             msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            summary=keys.summary(session_id),
             sessions=None if self._index_beside else keys.sessions(),
             session_id=session_id,
             expected=_expected(expected_version),
@@ -371,6 +398,7 @@ class RedisStore:
         *,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
+        records: Sequence[int] | None = None,
     ) -> Appended:
         keys = self._keys(tenant)
         call = lua.APPEND.bind(
@@ -378,7 +406,7 @@ class RedisStore:
             max_messages=self._max_messages,
             reject_full=self._reject_full,
             max_sessions=self._limits.max_sessions,
-            bodies=bodies,
+            bodies=[*bodies, *(records if records is not None else [0] * len(bodies))],
         )
         if self._index_beside:  # the index update goes with the script: one round-trip time
             await self._check_room(keys, session_id)
@@ -417,6 +445,88 @@ class RedisStore:
             call = lua.GET_MESSAGES.bind(meta=meta, msgs=msgs, limit=limit, before=before, after=after)
             messages = await self._redis.script(call)
         return None if messages is None else json_array(messages)
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        keys = self._keys(tenant)
+        limit, before, after = (
+            '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
+        )
+        call = lua.GET_COUNTED.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            limit=limit,
+            before=before,
+            after=after,
+        )
+        reply = await self._redis.script(call)
+        if not reply:
+            return None
+        held, messages, records = reply
+        uncounted = len(messages) - len(records)  # the oldest, stored before records were
+        values = [0] * uncounted + [int(value) for value in records]
+        return CountedPage([(_bytes(m), v) for m, v in zip(messages, values, strict=True)], int(held))
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        keys = self._keys(tenant)
+        session = self._session(keys, session_id, now, expected_version, idempotency)
+        reply = await self._redis.script(lua.SET_SUMMARY.bind(session, text=summary, through_id=str(through_id)))
+        status, rest = _answer(session_id, reply)
+        if status == b'gone':
+            return None
+        if status == b'unknown':
+            raise ThroughIdNotStored(session_id, through_id)
+        if status == b'replay':
+            version, recorded = _bytes(rest[0]).split(b'\n', 1)
+            return Summarized(recorded, int(version))
+        updated_at, version = rest
+        if self._index_beside:
+            await self._touch_index(keys, session_id, int(updated_at))
+        return Summarized(summary, int(version))
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        keys = self._keys(tenant)
+        exists, summary = await self._redis.transaction(
+            ('EXISTS', keys.meta(session_id)), ('GET', keys.summary(session_id))
+        )
+        if not exists:
+            return None
+        if summary is None:
+            raise SummaryNotFound(session_id)
+        return _bytes(summary)
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        keys = self._keys(tenant)
+        session = self._session(keys, session_id, now, expected_version, idempotency)
+        status, rest = _answer(session_id, await self._redis.script(lua.DELETE_SUMMARY.bind(session)))
+        if status == b'gone':
+            return None
+        if status == b'none':
+            raise SummaryNotFound(session_id)
+        if status == b'replay':
+            return Summarized(b'', int(_bytes(rest[0])))
+        updated_at, version = rest
+        if self._index_beside:
+            await self._touch_index(keys, session_id, int(updated_at))
+        return Summarized(b'', int(version))
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

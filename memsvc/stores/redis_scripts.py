@@ -192,7 +192,7 @@ SESSION = Prefix(
 ttl, idem_ttl = tonumber(ttl), tonumber(idem_ttl)
 local function later(a, b) if tonumber(a) >= tonumber(b) then return a end return b end
 local function refresh(updated)
-  for _, key in ipairs({meta, msgs}) do
+  for _, key in ipairs({meta, msgs, counts, summary}) do
     if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
   end
   if sessions then index(sessions, session_id, updated, ttl, cutoff, false) end
@@ -217,7 +217,7 @@ local function stale(version)  -- nil when the If-Match holds (or there is none)
   return nil
 end
 """,
-    keys=('meta', 'msgs', 'idem', 'sessions?'),
+    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'sessions?'),
     args=('now', 'ttl', 'cutoff', 'session_id', 'expected', 'fingerprint', 'idem_ttl'),
 )
 
@@ -229,17 +229,44 @@ local function room()
 end
 """
 
+# The kind of the message at `position` (0-based) in `msgs`, as trimming needs it: 2 for a tool message, from its
+# record in `counts` (aligned with the end of `msgs`: messages stored before records were have none) or, when it
+# has none, from its role, which `encode_message` puts right after the id. A record's kind is its value mod 4,
+# read from its last two digits (exact, whatever the size of the number).
+TRIM = """
+local function kind(position, offset)
+  local value = position >= offset and redis.call('LINDEX', counts, position - offset)
+  if value and value ~= '0' then return tonumber(string.sub(value, -2)) % 4 end
+  local message = redis.call('LINDEX', msgs, position)
+  local comma = string.find(message, ',', 1, true)
+  if string.sub(message, comma + 1, comma + 13) == '"role":"tool"' then return 2 end
+  return 0
+end
+-- Trims the oldest messages down to `max` (and their records), and the tool messages right after the cut with
+-- them, so that the session never starts with a tool message whose call went.
+local function trim(max)
+  local held = redis.call('LLEN', msgs)
+  if held <= max then return end
+  local offset = held - redis.call('LLEN', counts)
+  local cut = held - max
+  while cut < held and kind(cut, offset) == 2 do cut = cut + 1 end
+  redis.call('LTRIM', msgs, cut, -1)
+  redis.call('LTRIM', counts, math.max(cut - offset, 0), -1)
+end
+"""
+
 # `max_messages` 0 = all; `reject_full` '1' refuses an append past it ('full') instead of trimming;
-# `bodies` from `encode_message`. 'ok', first new id, new version;
+# `bodies` from `encode_message`, then as many records (decimal). 'ok', first new id, new version;
 # or 'full', 'limit'. The recorded result: the version, then the stored messages, one a line.
 APPEND = Script(
     'append',
     ROOM,
+    TRIM,
     """
 local answer = recorded()
 if answer then return answer end
 local max = tonumber(max_messages)
-local count = #ARGV - bodies_from + 1
+local count = (#ARGV - bodies_from + 1) / 2
 local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
 answer = stale(state[3])
 if answer then return answer end
@@ -251,7 +278,7 @@ else
   if reject_full == '1' and max > 0 and count > max then return {'full'} end
   if not room() then return {'limit'} end
   next_id = 1
-  redis.call('DEL', msgs)
+  redis.call('DEL', msgs, counts, summary)
   redis.call('HSET', meta, 'created_at', now, 'metadata', '{}', 'version', '0')
 end
 local batch, stored = {}, {}
@@ -263,7 +290,10 @@ for i = 1, count do
   if #batch == 1000 then redis.call('RPUSH', msgs, unpack(batch)); batch = {} end
 end
 if #batch > 0 then redis.call('RPUSH', msgs, unpack(batch)) end
-if max > 0 then redis.call('LTRIM', msgs, -max, -1) end
+for from = bodies_from + count, #ARGV, 1000 do
+  redis.call('RPUSH', counts, unpack(ARGV, from, math.min(from + 999, #ARGV)))
+end
+if max > 0 then trim(max) end
 redis.call('HSET', meta, 'next_id', string.format('%d', next_id + count), 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
@@ -283,7 +313,7 @@ local answer = recorded()
 if answer then return answer end
 if redis.call('EXISTS', meta) == 1 then return {'exists'} end
 if not room() then return {'limit'} end
-redis.call('DEL', msgs)
+redis.call('DEL', msgs, counts, summary)
 redis.call('HSET', meta, 'created_at', created_at, 'updated_at', now, 'metadata', metadata, 'next_id', '1',
            'version', version)
 refresh(now)
@@ -314,6 +344,7 @@ return {'ok', state[4], updated, version}
     args=('seen', 'new'),
 )
 
+# Removes the messages, their records and the summary, which covers messages that are gone.
 # 'ok', updated_at, version; or 'gone', 'stale'.
 CLEAR = Script(
     'clear',
@@ -322,7 +353,7 @@ local state = redis.call('HMGET', meta, 'version', 'updated_at')
 if not state[1] then return {'gone'} end
 local answer = stale(state[1])
 if answer then return answer end
-redis.call('DEL', msgs)
+redis.call('DEL', msgs, counts, summary)
 local updated = later(state[2], now)
 redis.call('HSET', meta, 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
@@ -339,11 +370,11 @@ DELETE = Script(
 local version = redis.call('HGET', meta, 'version')
 if not version then return {'gone'} end
 if expected ~= '' and expected ~= '*' and expected ~= version then return {'stale', version} end
-redis.call('DEL', meta, msgs)
+redis.call('DEL', meta, msgs, counts, summary)
 if sessions then redis.call('ZREM', sessions, session_id) end
 return {'ok'}
 """,
-    keys=('meta', 'msgs', 'sessions?'),
+    keys=('meta', 'msgs', 'counts', 'summary', 'sessions?'),
     args=('session_id', 'expected'),
 )
 
@@ -379,23 +410,99 @@ return removed
 # `limit`, `before`, `after`: '' = not given. Same arithmetic as the memory store. Returns the messages
 # (false: no session), not joined into one JSON array: building that string costs redis-server more CPU
 # than joining the replies costs memsvc.
+RANGE = """
+-- The positions lo to hi - 1 in `msgs` that `limit`, `before` and `after` select, and how many are held;
+-- nil when there is no session.
+local function range()
+  local next_id = redis.call('HGET', meta, 'next_id')
+  if not next_id then return nil end
+  local count = redis.call('LLEN', msgs)
+  local first = tonumber(next_id) - count
+  local limit_, before_, after_ = tonumber(limit), tonumber(before), tonumber(after)
+  local lo, hi = 0, count
+  if after_ then lo = math.min(math.max(after_ + 1 - first, 0), count) end
+  if before_ then hi = math.min(math.max(before_ - first, 0), count) end
+  if limit_ and hi - lo > limit_ then
+    if after_ then hi = lo + limit_ else lo = hi - limit_ end
+  end
+  return lo, hi, count
+end
+"""
+
 GET_MESSAGES = Script(
     'get_messages',
+    RANGE,
     """
-local next_id = redis.call('HGET', meta, 'next_id')
-if not next_id then return false end
-local count = redis.call('LLEN', msgs)
-local first = tonumber(next_id) - count
-limit, before, after = tonumber(limit), tonumber(before), tonumber(after)
-local lo, hi = 0, count
-if after then lo = math.min(math.max(after + 1 - first, 0), count) end
-if before then hi = math.min(math.max(before - first, 0), count) end
-if limit and hi - lo > limit then
-  if after then hi = lo + limit else lo = hi - limit end
-end
+local lo, hi = range()
+if not lo then return false end
 if lo >= hi then return {} end  -- (LRANGE 0 -1 would be all of them)
 return redis.call('LRANGE', msgs, lo, hi - 1)
 """,
     keys=('meta', 'msgs'),
     args=('limit', 'before', 'after'),
+)
+
+# As GET_MESSAGES, with the records: {held, messages, records}, the records of the last messages only when the
+# first ones have none (stored before records were; the caller counts those); false: no session.
+GET_COUNTED = Script(
+    'get_counted',
+    RANGE,
+    """
+local lo, hi, held = range()
+if not lo then return false end
+if lo >= hi then return {held, {}, {}} end
+local offset = held - redis.call('LLEN', counts)
+local records = {}
+if hi - 1 >= offset then records = redis.call('LRANGE', counts, math.max(lo - offset, 0), hi - 1 - offset) end
+return {held, redis.call('LRANGE', msgs, lo, hi - 1), records}
+""",
+    keys=('meta', 'msgs', 'counts'),
+    args=('limit', 'before', 'after'),
+)
+
+# `text` is the summary as the API answers it; `through_id` must be a stored message's id.
+# 'ok', updated_at, version; or 'gone', 'stale', 'unknown' (no such message). The recorded result: the version,
+# then the summary, on two lines.
+SET_SUMMARY = Script(
+    'set_summary',
+    """
+local answer = recorded()
+if answer then return answer end
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
+if not state[1] then return {'gone'} end
+answer = stale(state[3])
+if answer then return answer end
+local through, next_id = tonumber(through_id), tonumber(state[1])
+if through >= next_id or through < next_id - redis.call('LLEN', msgs) then return {'unknown'} end
+redis.call('SET', summary, text)
+local updated = later(state[2], now)
+redis.call('HSET', meta, 'updated_at', updated)
+local version = redis.call('HINCRBY', meta, 'version', 1)
+refresh(updated)
+record(version .. '\\n' .. text)
+return {'ok', updated, version}
+""",
+    prefix=SESSION,
+    args=('text', 'through_id'),
+)
+
+# 'ok', updated_at, version; or 'gone', 'stale', 'none' (no summary). The recorded result: the version.
+DELETE_SUMMARY = Script(
+    'delete_summary',
+    """
+local answer = recorded()
+if answer then return answer end
+local state = redis.call('HMGET', meta, 'updated_at', 'version')
+if not state[1] then return {'gone'} end
+answer = stale(state[2])
+if answer then return answer end
+if redis.call('DEL', summary) == 0 then return {'none'} end
+local updated = later(state[1], now)
+redis.call('HSET', meta, 'updated_at', updated)
+local version = redis.call('HINCRBY', meta, 'version', 1)
+refresh(updated)
+record(tostring(version))
+return {'ok', updated, version}
+""",
+    prefix=SESSION,
 )

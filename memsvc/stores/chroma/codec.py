@@ -4,14 +4,16 @@ Two collections per `MEMSVC_KEY_PREFIX` `p` (so deployments, and tests, sharing 
 
     {p}-sessions   one record per session, id `<tenant>/<session id>`, a 1-dimensional placeholder vector;
                    metadata: tenant, session_id, created_at and updated_at (µs since the epoch), metadata (the
-                   session's metadata, JSON-encoded into one string), first_id, next_id, version.
+                   session's metadata, JSON-encoded into one string), first_id, next_id, version, summary (as the
+                   API answers it; '' or absent: none).
                    Also one record per Idempotency-Key, id `idempotency:<tenant>/<session id>/<key digest>`,
                    metadata: idem_tenant, idem_session, fingerprint, expires (µs) and the recorded result. It has
                    no `tenant` key, so listings never see it.
     {p}-messages   one record per message, id `<tenant>/<session id>/<message id>`, the content's vector
                    (cosine space); document: the content; metadata: tenant, session_id, role, seq (the message
                    id), timestamp (µs), rest (the stored message after its content, so that reads return the
-                   exact bytes `append_messages` returned), attempt (the nonce of the append that wrote it)
+                   exact bytes `append_messages` returned), attempt (the nonce of the append that wrote it),
+                   record (`memsvc.context.record`; absent on messages stored before records were)
 
 Chroma metadata is flat and has a fixed set of keys here: a client's metadata objects (of sessions and messages)
 are JSON-encoded into one string field, never spread into Chroma keys or lists, so Chroma's breakage on metadata
@@ -21,7 +23,7 @@ with more than 5,461 keys or list elements cannot happen whatever a client sends
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -105,6 +107,8 @@ class SessionRow:
     record: SessionRecord
     first_id: int
     next_id: int
+    summary: str = ''
+    """As `set_summary` stored it; empty: none."""
 
     @classmethod
     def new(cls, record: SessionRecord) -> 'SessionRow':
@@ -112,7 +116,13 @@ class SessionRow:
         return cls(record, 1, 1)
 
     def bumped(
-        self, now: datetime, *, metadata: bytes | None = None, first_id: int | None = None, next_id: int | None = None
+        self,
+        now: datetime,
+        *,
+        metadata: bytes | None = None,
+        first_id: int | None = None,
+        next_id: int | None = None,
+        summary: str | None = None,
     ) -> 'SessionRow':
         """The row after a write at `now`: the next version, `updated_at` never earlier than it was."""
         old = self.record
@@ -127,6 +137,7 @@ class SessionRow:
             record,
             self.first_id if first_id is None else first_id,
             self.next_id if next_id is None else next_id,
+            self.summary if summary is None else summary,
         )
 
     def metadata(self, tenant: str) -> dict[str, str | int]:
@@ -140,6 +151,7 @@ class SessionRow:
             'first_id': self.first_id,
             'next_id': self.next_id,
             'version': record.version,
+            'summary': self.summary,
         }
 
     @classmethod
@@ -151,7 +163,7 @@ class SessionRow:
             metadata=str(meta['metadata']).encode(),
             version=as_int(meta['version']),
         )
-        return cls(record, as_int(meta['first_id']), as_int(meta['next_id']))
+        return cls(record, as_int(meta['first_id']), as_int(meta['next_id']), str(meta.get('summary') or ''))
 
 
 @dataclass(slots=True, frozen=True)
@@ -163,11 +175,13 @@ class MessageRecords:
     metadatas: list[dict[str, str | int]]
 
 
-def message_records(tenant: str, session_id: str, first_seq: int, stored: list[bytes], attempt: str) -> MessageRecords:
+def message_records(
+    tenant: str, session_id: str, first_seq: int, stored: list[bytes], attempt: str, counts: Sequence[int]
+) -> MessageRecords:
     """The records of `stored` (messages with their ids, `models.with_id`), the first of them with id `first_seq`;
-    `attempt` marks them as written by one append (see `store.ChromaStore`)."""
+    `attempt` marks them as written by one append (see `store.ChromaStore`); `counts` are their records."""
     records = MessageRecords([], [], [])
-    for seq, message in enumerate(stored, first_seq):
+    for seq, message, count in zip(range(first_seq, first_seq + len(stored)), stored, counts, strict=True):
         role, content, rest, timestamp = _split_message(message)
         records.ids.append(message_record_id(tenant, session_id, seq))
         records.documents.append(content)
@@ -180,6 +194,7 @@ def message_records(tenant: str, session_id: str, first_seq: int, stored: list[b
                 'timestamp': timestamp,
                 'rest': rest,
                 'attempt': attempt,
+                'record': count,
             }
         )
     return records
@@ -196,11 +211,13 @@ def _split_message(stored: bytes) -> tuple[str, str, str, int]:
     return role, content, stored[len(head) :].decode(), timestamp
 
 
-def join_message(meta: Meta, document: str | None) -> tuple[int, bytes]:
-    """(id, the stored message) of a message record: the exact bytes that `append_messages` returned."""
+def join_message(meta: Meta, document: str | None) -> tuple[int, bytes, int]:
+    """(id, the stored message, its record or 0) of a message record: the exact bytes that `append_messages`
+    returned."""
     seq = as_int(meta['seq'])
     head = _MESSAGE_HEAD % (seq, str(meta['role']).encode())
-    return seq, head + orjson.dumps(document or '') + str(meta['rest']).encode()
+    record = meta.get('record')
+    return seq, head + orjson.dumps(document or '') + str(meta['rest']).encode(), as_int(record) if record else 0
 
 
 def idempotency_metadata(

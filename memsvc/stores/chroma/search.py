@@ -102,7 +102,7 @@ class Search:
         hits = []
         for meta, document, distance in mine:
             sid = str(meta['session_id'])
-            seq, message = join_message(meta, document)
+            seq, message, _ = join_message(meta, document)
             first, end = ranges.get(sid, (0, 0))
             if first <= seq < end:
                 hits.append(SearchHit(sid, message, 1.0 - distance))

@@ -30,17 +30,36 @@ transport. A write, once started, runs to its end even if its request is cancell
 import asyncio
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from memsvc.errors import BackendUnavailable, IdempotencyKeyReused, SessionFull, SessionLimitReached, SessionNotFound
+from memsvc.errors import (
+    BackendUnavailable,
+    IdempotencyKeyReused,
+    SessionFull,
+    SessionLimitReached,
+    SessionNotFound,
+    SummaryNotFound,
+    ThroughIdNotStored,
+)
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, utc_now, with_id
 from memsvc.settings import Settings
-from memsvc.stores.base import Appended, Idempotency, Limits, ListCursor, MessageRange, check_version
+from memsvc.stores.base import (
+    RESULT_KIND,
+    Appended,
+    CountedPage,
+    Idempotency,
+    Limits,
+    ListCursor,
+    MessageRange,
+    Summarized,
+    check_version,
+    stored_kind,
+)
 from memsvc.stores.chroma.codec import (
     Layout,
     Meta,
@@ -165,18 +184,38 @@ class ChromaStore:
             clauses.append({'seq': {'$lt': below}})
         await self._chroma(Chroma.delete, self._layout.messages, where=where(*clauses))
 
-    async def _messages_of(self, tenant: str, row: SessionRow, lo: int, hi: int) -> list[bytes]:
-        """The messages with ids lo .. hi - 1 (clipped to the session's range), oldest first."""
+    async def _counted_of(self, tenant: str, row: SessionRow, lo: int, hi: int) -> list[tuple[int, bytes, int]]:
+        """(id, message, record) of the messages with ids lo .. hi - 1 (clipped to the session's range), oldest
+        first."""
         lo, hi = max(lo, row.first_id), min(hi, row.next_id)
         if lo >= hi:
             return []
         ids = [message_record_id(tenant, row.record.id, seq) for seq in range(lo, hi)]
-        rows: list[tuple[int, bytes]] = []
+        rows: list[tuple[int, bytes, int]] = []
         for chunk in chunks(ids):
             found = await self._chroma(Chroma.get, self._layout.messages, ids=chunk, include=('metadatas', 'documents'))
             rows.extend(join_message(meta, doc) for meta, doc in zip(found.metadatas, found.documents, strict=True))
         rows.sort(key=lambda row: row[0])
-        return [message for _, message in rows]
+        return rows
+
+    async def _messages_of(self, tenant: str, row: SessionRow, lo: int, hi: int) -> list[bytes]:
+        """The messages with ids lo .. hi - 1 (clipped to the session's range), oldest first."""
+        return [message for _, message, _ in await self._counted_of(tenant, row, lo, hi)]
+
+    async def _trim_start(self, tenant: str, row: SessionRow, cut: int, first_new: int, kinds: list[int]) -> int:
+        """The first id to keep when trimming below `cut`: past the tool messages from `cut` on, whose call goes.
+        `kinds` are those of the messages being appended (ids from `first_new`); older ones are read by role."""
+        while cut < first_new:
+            ids = [message_record_id(tenant, row.record.id, seq) for seq in range(cut, min(cut + 16, first_new))]
+            found = await self._chroma(Chroma.get, self._layout.messages, ids=ids)
+            roles = {as_int(meta['seq']): meta['role'] for meta in found.metadatas}
+            for seq in range(cut, cut + len(ids)):
+                if roles.get(seq) != 'tool':
+                    return seq
+            cut += len(ids)
+        while cut - first_new < len(kinds) and kinds[cut - first_new] == RESULT_KIND:
+            cut += 1
+        return cut
 
     async def _stored(self, tenant: str, row: SessionRow, with_messages: bool) -> StoredSession:
         if not with_messages:
@@ -320,6 +359,7 @@ class ChromaStore:
         *,
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
+        records: Sequence[int] | None = None,
     ) -> Appended:
         """Embeds first (the slow part, outside the session's lock), then writes the messages and the session. Once
         started it runs to its end even if the request is cancelled (a deadline, a client gone): the embedding is
@@ -327,8 +367,9 @@ class ChromaStore:
 
         async def embed_then_write() -> Appended:
             vectors = await self._embed([orjson.loads(body)['content'] for body in bodies])
+            counts = list(records) if records is not None else [0] * len(bodies)
             return await self._locked(
-                tenant, session_id, self._append_messages, bodies, vectors, now, expected_version, idempotency
+                tenant, session_id, self._append_messages, bodies, counts, vectors, now, expected_version, idempotency
             )
 
         return await self._shielded(embed_then_write())
@@ -338,6 +379,7 @@ class ChromaStore:
         tenant: str,
         session_id: str,
         bodies: list[bytes],
+        counts: list[int],
         vectors: 'Vectors',
         now: datetime,
         expected_version: int | None,
@@ -362,7 +404,7 @@ class ChromaStore:
             raise SessionFull(session_id, limits.max_messages)
         first_new, attempt = row.next_id, uuid.uuid4().hex
         stored = [with_id(seq, body) for seq, body in enumerate(bodies, first_new)]
-        records = message_records(tenant, session_id, first_new, stored, attempt)
+        records = message_records(tenant, session_id, first_new, stored, attempt, counts)
         for start in range(0, len(stored), IDS_PER_CALL):
             end = start + IDS_PER_CALL
             await self._chroma(
@@ -376,7 +418,8 @@ class ChromaStore:
         next_id = first_new + len(stored)
         first_id = row.first_id
         if limits.max_messages and next_id - first_id > limits.max_messages:
-            first_id = next_id - limits.max_messages
+            kinds = [stored_kind(message, count) for message, count in zip(stored, counts, strict=True)]
+            first_id = await self._trim_start(tenant, row, next_id - limits.max_messages, first_new, kinds)
         updated = row.bumped(now, first_id=first_id, next_id=next_id)
         version = updated.record.version
         await self._record(
@@ -391,14 +434,14 @@ class ChromaStore:
         row = await self._read(tenant, session_id)
         if row is None:
             return None
-        lo = row.first_id if selection.after is None else max(selection.after + 1, row.first_id)
-        hi = row.next_id if selection.before is None else min(selection.before, row.next_id)
-        if selection.limit is not None and hi - lo > selection.limit:
-            if selection.after is None:
-                lo = hi - selection.limit
-            else:
-                hi = lo + selection.limit
-        return json_array(await self._messages_of(tenant, row, lo, hi))
+        return json_array(await self._messages_of(tenant, row, *_ids(row, selection)))
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        counted = await self._counted_of(tenant, row, *_ids(row, selection))
+        return CountedPage([(message, count) for _, message, count in counted], row.next_id - row.first_id)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
@@ -412,10 +455,75 @@ class ChromaStore:
         if row is None:
             return None
         check_version(session_id, row.record.version, expected_version)
-        cleared = row.bumped(now, first_id=row.next_id)
+        cleared = row.bumped(now, first_id=row.next_id, summary='')
         await self._write(tenant, cleared)
         await self._delete_messages(tenant, session_id, below=row.next_id)
         return cleared.record.version
+
+    async def set_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        return await self._locked(
+            tenant, session_id, self._write_summary, summary, through_id, now, expected_version, idempotency
+        )
+
+    async def delete_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Summarized | None:
+        return await self._locked(
+            tenant, session_id, self._write_summary, b'', None, now, expected_version, idempotency
+        )
+
+    async def _write_summary(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: bytes,
+        through_id: int | None,
+        now: datetime,
+        expected_version: int | None,
+        idempotency: Idempotency | None,
+    ) -> Summarized | None:
+        """Set (`through_id` given) or delete the summary. The Idempotency-Key's record is written after the session
+        record: a write interrupted between the two is written again by its retry, which sets the same summary."""
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        recorded = await self._recorded(tenant, session_id, idempotency)
+        if recorded is not None:
+            return Summarized(str(recorded['summary']).encode(), as_int(recorded['version']))
+        check_version(session_id, row.record.version, expected_version)
+        if through_id is None:
+            if not row.summary:
+                raise SummaryNotFound(session_id)
+        elif not row.first_id <= through_id < row.next_id:
+            raise ThroughIdNotStored(session_id, through_id)
+        updated = row.bumped(now, summary=summary.decode())
+        await self._write(tenant, updated)
+        await self._record(tenant, session_id, idempotency, summary=summary.decode(), version=updated.record.version)
+        return Summarized(summary, updated.record.version)
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        if not row.summary:
+            raise SummaryNotFound(session_id)
+        return row.summary.encode()
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
@@ -429,3 +537,15 @@ class ChromaStore:
                 raise SessionNotFound(session_id)
         [vector] = await self._embed([query])
         return await self._search.search(tenant, vector, limit=limit, session=row, role=role)
+
+
+def _ids(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
+    """The message ids lo .. hi - 1 that `selection` takes."""
+    lo = row.first_id if selection.after is None else max(selection.after + 1, row.first_id)
+    hi = row.next_id if selection.before is None else min(selection.before, row.next_id)
+    if selection.limit is not None and hi - lo > selection.limit:
+        if selection.after is None:
+            lo = hi - selection.limit
+        else:
+            hi = lo + selection.limit
+    return lo, hi
