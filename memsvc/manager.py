@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from memsvc.context import record
 from memsvc.errors import InvalidCursor, InvalidInput, SessionExists, SessionNotFound
 from memsvc.models import (
     NewMessage,
@@ -34,7 +35,8 @@ from memsvc.models import (
     utc_now,
 )
 from memsvc.settings import Settings
-from memsvc.stores.base import Appended, Idempotency, ListCursor, MessageRange, Store, Summarized
+from memsvc.stores.base import Appended, CountedPage, Idempotency, ListCursor, MessageRange, Store, Summarized
+from memsvc.tokens import TokenCounter
 
 _IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
 """The namespace of session ids derived from an Idempotency-Key (uuid5)."""
@@ -56,8 +58,12 @@ def decode_cursor(token: str) -> ListCursor:
 
 
 class AsyncMemoryManager:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    """`counter` counts under the default encoding: each appended message's `context.record` is made with it once,
+    at append, and stored next to the message."""
+
+    def __init__(self, store: Store, settings: Settings, counter: TokenCounter) -> None:
         self.store = store
+        self.counter = counter
         self._max_content = settings.max_content_chars
         self._max_keys = settings.max_metadata_keys
         self._max_meta_bytes = settings.max_metadata_bytes
@@ -167,8 +173,15 @@ class AsyncMemoryManager:
             return sent if batch else sent[0]
 
         idempotency = self._idempotency(idempotency_key, 'append', session_id, asked)
+        counter = self.counter
         return await self.store.append_messages(
-            tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency
+            tenant,
+            session_id,
+            bodies,
+            now,
+            expected_version=expected_version,
+            idempotency=idempotency,
+            records=[record(counter, message) for message in messages],
         )
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes:
@@ -178,6 +191,20 @@ class AsyncMemoryManager:
         if messages is None:
             raise SessionNotFound(session_id)
         return messages
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage:
+        """The selected messages, oldest first, each with its `context.record` under the default encoding, and how
+        many the session stores. Page backwards with `MessageRange(limit=n, before=<oldest id read>)`; the leading
+        run with `MessageRange(limit=n, after=0)`. Messages stored without a record are counted here."""
+        require_session_id(session_id)
+        page = await self.store.get_counted_messages(tenant, session_id, selection)
+        if page is None:
+            raise SessionNotFound(session_id)
+        counter = self.counter
+        if any(value == 0 for _, value in page.messages):
+            counted = [(raw, value or record(counter, orjson.loads(raw))) for raw, value in page.messages]
+            return CountedPage(counted, page.total)
+        return page
 
     async def clear_messages(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> int:
         """Remove the messages; return the session's new version."""

@@ -7,8 +7,13 @@ from datetime import timedelta
 import orjson
 import pytest
 
+from memsvc.app import default_counter
+from memsvc.context import record as make_record
+from memsvc.context import tokens_of
 from memsvc.errors import IdempotencyKeyReused, InvalidInput, PreconditionFailed, SummaryNotFound, ThroughIdNotStored
+from memsvc.manager import AsyncMemoryManager
 from memsvc.models import NewMessage, SessionRecord, encode_message, json_array, to_micros, utc_now
+from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.base import ANY_VERSION, Idempotency
 from tests.conftest import make_settings
@@ -488,6 +493,33 @@ async def test_records_are_stored_and_read_back_with_their_messages(store: Store
 async def stored_messages(store: Store, session_id: str) -> list[bytes]:
     """The session's messages as stored, one bytes each."""
     return [orjson.dumps(m) for m in parsed(await store.get_messages(T, session_id, MessageRange()))]
+
+
+async def test_the_manager_stores_each_messages_count_and_counts_older_ones_on_read(
+    store: Store, settings: Settings
+) -> None:
+    counter = default_counter()
+    manager = AsyncMemoryManager(store, settings, counter)
+    await store.append_messages(T, 'c', [body('stored before records were', 'assistant', name='bot')], utc_now())
+    call = {'id': 'c1', 'type': 'function', 'function': {'name': 'get_weather', 'arguments': '{"city": "Paris"}'}}
+    sent: list[NewMessage] = [
+        {'role': 'system', 'content': 'You are terse.'},
+        {'role': 'user', 'content': 'Weather in Paris? Ünïcødé, emoji 🌦️ and code `x = 1`', 'name': 'ann'},
+        {'role': 'assistant', 'content': '', 'tool_calls': [call]},
+        {'role': 'tool', 'content': 'sunny, 21 degrees', 'tool_call_id': 'c1'},
+        {'role': 'assistant', 'content': 'Sunny.', 'metadata': {'model': 'x'}},
+    ]
+    await manager.add_messages(T, 'c', sent, batch=True)
+    page = await manager.get_counted_messages(T, 'c', MessageRange())
+    assert page.total == 6
+    assert [tokens_of(value) for _, value in page.messages] == [counter.stored(raw) for raw, _ in page.messages]
+    assert [value for _, value in page.messages] == [
+        make_record(counter, orjson.loads(raw)) for raw, _ in page.messages
+    ]
+    stored = await store.get_counted_messages(T, 'c', MessageRange())
+    assert stored is not None
+    assert stored.messages[0][1] == 0, 'a message stored without a record is counted when read'
+    assert [value for _, value in stored.messages[1:]] == [value for _, value in page.messages[1:]]
 
 
 # --- trimming to MEMSVC_MAX_MESSAGES_PER_SESSION: a tool message never first ---------------------------------

@@ -19,18 +19,19 @@ cleared with the messages (it covers messages that are gone) and it expires with
 name a stored message (`ThroughIdNotStored`), checked atomically with the write. Each message is stored with
 its `record` (`memsvc.context.record`: token count and kind, one int below 2**63, 0 for a message stored
 without one), which `get_counted_messages` hands back and trimming reads: trimming to `max_messages` never
-leaves a `tool` message first (`trim_count`).
+leaves a `tool` message first (`context.trim_count`).
 
 Absence is reported as `None`/`False`, never raised (but a session without a summary: `SummaryNotFound`); a
 backend that cannot answer raises `BackendUnavailable` (translated inside the store, so nothing above it sees a
 client library's exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from memsvc.context import PLAIN, RESULT, kind_of
 from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
 
@@ -54,29 +55,15 @@ class MessageRange(NamedTuple):
     after: int | None = None
 
 
-RESULT_KIND = 2
-"""The kind of a `tool` message in a record (`record & 3`, `memsvc.context.RESULT`)."""
 _TOOL_ROLE = b'"role":"tool"'
 
 
 def stored_kind(message: bytes, record: int) -> int:
-    """A stored message's kind as far as trimming needs it: from its record, or, for a message stored without
-    one, `RESULT_KIND` when its role is `tool` (`models.encode_message` puts the role right after the id)."""
+    """A stored message's kind (`context.kind_of`) as trimming needs it: from its record, or, for a message stored
+    without one, `RESULT` when its role is `tool` (`models.encode_message` puts the role right after the id)."""
     if record:
-        return record & 3
-    return RESULT_KIND if message.startswith(_TOOL_ROLE, message.index(b',') + 1) else 0
-
-
-def trim_count(kinds_oldest_first: Iterable[int], at_least: int) -> int:
-    """How many of a session's oldest messages to trim so that at least `at_least` go and the oldest one kept
-    is not a `tool` message whose call went: the tool messages right after the cut go with it (the rule of
-    `memsvc.context.trim_count`). `kinds_oldest_first` needs to reach only past that run."""
-    seen = 0
-    for kind in kinds_oldest_first:
-        if seen >= at_least and kind != RESULT_KIND:
-            return seen
-        seen += 1
-    return max(seen, at_least)
+        return kind_of(record)
+    return RESULT if message.startswith(_TOOL_ROLE, message.index(b',') + 1) else PLAIN
 
 
 ANY_VERSION = -1

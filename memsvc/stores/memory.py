@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sortedcontainers import SortedList
 
+from memsvc.context import kind_of, trim_count
 from memsvc.errors import (
     IdempotencyKeyReused,
     NotSupported,
@@ -43,7 +44,6 @@ from memsvc.stores.base import (
     Summarized,
     check_version,
     stored_kind,
-    trim_count,
 )
 
 
@@ -92,7 +92,7 @@ class _Log:
     def trim_count(self, at_least: int) -> int:
         """How many of the oldest messages to drop: `at_least`, and the tool messages right after them."""
         records = self.records
-        kinds = (records[n] & 3 if records[n] else stored_kind(self.message(n), 0) for n in range(len(records)))
+        kinds = (kind_of(records[n]) if records[n] else stored_kind(self.message(n), 0) for n in range(len(records)))
         return trim_count(kinds, at_least)
 
     def json_array(self, lo: int, hi: int) -> bytes:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
+from memsvc.context import RESULT
 from memsvc.errors import (
     BackendUnavailable,
     IdempotencyKeyReused,
@@ -49,7 +50,6 @@ from memsvc.errors import (
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, utc_now, with_id
 from memsvc.settings import Settings
 from memsvc.stores.base import (
-    RESULT_KIND,
     Appended,
     CountedPage,
     Idempotency,
@@ -213,7 +213,7 @@ class ChromaStore:
                 if roles.get(seq) != 'tool':
                     return seq
             cut += len(ids)
-        while cut - first_new < len(kinds) and kinds[cut - first_new] == RESULT_KIND:
+        while cut - first_new < len(kinds) and kinds[cut - first_new] == RESULT:
             cut += 1
         return cut
 
