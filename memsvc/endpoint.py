@@ -7,13 +7,16 @@ middleware: aiohttp runs each middleware through a partial and a second coroutin
 request's current app, a cost every request would pay. A request that matches no route reaches
 `unmatched`, the last route, which answers 404 or 405 in the same JSON. Every route of the app is
 wrapped (tests/test_router_walk.py walks `app.router` to prove it).
+
+Whether a route needs an API key is its declaration's `Operation.open`, the same field `openapi.py`
+writes as `security: []`: the wrapper reads it once, when the app is built. A request that matches no
+route needs the key (unknown paths are closed by default).
 """
 
 import logging
 import random
 import re
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -51,7 +54,7 @@ from memsvc.logs import CURRENT_REQUEST_ID
 from memsvc.metrics import Metrics
 
 if TYPE_CHECKING:
-    from memsvc.declare import RouteTable
+    from memsvc.declare import Operation, RouteTable
 
 log = logging.getLogger('memsvc')
 
@@ -90,7 +93,18 @@ Envelope = Callable[[MemsvcError], web.Response]
 UNMATCHED = '(unmatched)'
 """The route label, in the metrics, of requests that match no route."""
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
-_ENDPOINTS: 'weakref.WeakSet[Handler]' = weakref.WeakSet()
+WRAPPED = '__memsvc_endpoint__'
+"""The attribute `_wrap` sets on each wrapper it returns, so a test can tell a wrapped handler from a bare one."""
+
+
+class RefusedByAiohttp(MemsvcError):
+    """An error aiohttp raised from its own request API (an `HTTPException` at 400 or above), answered with
+    aiohttp's status and its reason as the code. aiohttp's 413 becomes `BodyTooLarge` instead."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = reason.lower().replace(' ', '_').replace('-', '_')
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,6 +114,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def status_for(exc: MemsvcError) -> int:
+    if isinstance(exc, RefusedByAiohttp):  # the one error whose status is aiohttp's, not its class's
+        return exc.status
     for cls in type(exc).__mro__:
         if cls in STATUS_FOR:
             return STATUS_FOR[cls]
@@ -132,20 +148,27 @@ def endpoints(routes: 'RouteTable', keyring: Keyring | None, metrics: Metrics) -
     """
     envelope = routes.envelope or error_response_for
     wrapped = []
-    for route in sorted(routes, key=_message_routes_first):
-        assert isinstance(route, web.RouteDef)
+    for route in sorted(routes.declared, key=lambda route: not route.path.endswith('/messages')):
         label = web.DynamicResource(route.path).canonical if '{' in route.path else route.path
-        handler = _wrap(route.handler, label, keyring, metrics, envelope)
+        handler = _wrap(route.handler, label, route.operation, keyring, metrics, envelope)
         wrapped.append(web.RouteDef(route.method, route.path, handler, {}))
-    wrapped.append(web.RouteDef('*', '/{path:.*}', _wrap(unmatched, UNMATCHED, keyring, metrics, envelope), {}))
+    wrapped.append(web.RouteDef('*', '/{path:.*}', _wrap(unmatched, UNMATCHED, None, keyring, metrics, envelope), {}))
     return wrapped
 
 
-def _message_routes_first(route: web.AbstractRouteDef) -> bool:
-    return not (isinstance(route, web.RouteDef) and route.path.endswith('/messages'))
+def _wrap(
+    handler: Handler,
+    route: str,
+    operation: 'Operation | None',
+    keyring: Keyring | None,
+    metrics: Metrics,
+    envelope: Envelope,
+) -> Handler:
+    """`operation` None is `unmatched`, which needs the key. An open route gets no keyring: every request
+    on it is the default tenant, decided here rather than per request."""
+    if operation is not None and operation.open:
+        keyring = None
 
-
-def _wrap(handler: Handler, route: str, keyring: Keyring | None, metrics: Metrics, envelope: Envelope) -> Handler:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         given = request.headers.get('X-Request-ID')
         request_id = given if given is not None and _REQUEST_ID.fullmatch(given) else _new_request_id()
@@ -163,13 +186,13 @@ def _wrap(handler: Handler, route: str, keyring: Keyring | None, metrics: Metric
         metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
         return response
 
-    _ENDPOINTS.add(endpoint)
+    setattr(endpoint, WRAPPED, True)
     return endpoint
 
 
 def is_endpoint(handler: object) -> bool:
     """Whether `handler` is one that `endpoints()` wrapped: it runs auth, the tenant and the error map."""
-    return handler in _ENDPOINTS
+    return getattr(handler, WRAPPED, False) is True
 
 
 async def unmatched(request: web.Request) -> web.StreamResponse:
@@ -196,9 +219,10 @@ def _error_response(request: web.Request, exc: Exception, request_id: str, envel
             if exc.status < 400:
                 raise exc
             message = exc.text if exc.text and not exc.text.startswith(f'{exc.status}:') else exc.reason
-            if not isinstance(exc, web.HTTPRequestEntityTooLarge):
-                return error_response(exc.status, exc.reason.lower().replace(' ', '_').replace('-', '_'), message)
-            exc = BodyTooLarge(message)
+            if isinstance(exc, web.HTTPRequestEntityTooLarge):
+                exc = BodyTooLarge(message)
+            else:
+                exc = RefusedByAiohttp(exc.status, exc.reason, message)
         elif isinstance(exc, ConnectionResetError):  # the client went away mid-request; aiohttp drops this answer
             log.info('the client closed the connection before the request was complete')
             exc = IncompleteRequest()
@@ -211,10 +235,8 @@ def _error_response(request: web.Request, exc: Exception, request_id: str, envel
 
 
 def _tenant(request: web.Request, keyring: Keyring) -> str:
-    """With API keys configured, every `/api/v1/` route needs `Authorization: Bearer <key>`, and the key
-    names the tenant whose sessions the request sees. Without keys, everything is the default tenant."""
-    if not request.path.startswith('/api/v1/'):
-        return DEFAULT_TENANT
+    """With API keys configured, every route that is not open needs `Authorization: Bearer <key>`, and the
+    key names the tenant whose sessions the request sees. Without keys, everything is the default tenant."""
     tenant = keyring.tenant_for(request.headers.get('Authorization', '').encode('utf-8', 'surrogateescape'))
     if tenant is None:
         raise Unauthorized()

@@ -158,3 +158,32 @@ async def test_a_second_table_answers_errors_in_its_own_envelope(aiohttp_client:
     conformance.validate({'$ref': '#/components/schemas/OpenAIError'}, body)
     async with client.get('/v1/conversations?limit=5&metadata.user_id=u') as response:
         assert await response.json() == {'limit': 5, 'filters': {'user_id': 'u'}}
+
+
+@v1.post('/v1/uploads', Operation('upload', 'A body', {200: Reply(None, 'its length')}, errors=(400, 413)))
+async def upload(request: web.Request) -> web.Response:
+    if request.query.get('refuse'):  # what aiohttp's request API raises for input it refuses, other than 413
+        raise web.HTTPBadRequest(text='the multipart boundary is missing')
+    return web.json_response({'length': len(await request.read())})
+
+
+async def test_aiohttp_s_own_refusals_are_answered_in_the_table_s_envelope(aiohttp_client: AiohttpClient) -> None:
+    """aiohttp's HTTPExceptions (its 413 from `request.read()`, any other) become our errors, so a table with
+    its own envelope answers them in its shape; the status, code and message stay aiohttp's."""
+    app = web.Application(client_max_size=10)
+    app.add_routes(endpoints(v1, None, Metrics()))
+    client = await aiohttp_client(app)
+    async with client.post('/v1/uploads', data=b'x' * 11) as response:
+        assert response.status == 413
+        body = await response.json()
+    assert body['error']['code'] == 'body_too_large'
+    assert body['error']['type'] == 'invalid_request_error'
+    async with client.post('/v1/uploads?refuse=1', data=b'x') as response:
+        assert response.status == 400
+        body = await response.json()
+    assert body['error'] == {
+        'message': 'the multipart boundary is missing',
+        'type': 'invalid_request_error',
+        'param': None,
+        'code': 'bad_request',
+    }

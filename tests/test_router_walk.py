@@ -1,5 +1,6 @@
 """Every route of the app passes through the endpoint wrapper (auth, tenant, the error map), proven on
-the real app's router rather than on the route table it was built from."""
+the real app's router rather than on the route table it was built from; and the key check agrees with
+the OpenAPI document route by route (`security: []` means open)."""
 
 import re
 from typing import Any
@@ -10,6 +11,7 @@ from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from memsvc.endpoint import is_endpoint
+from memsvc.openapi import build_openapi
 from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
 
@@ -28,13 +30,18 @@ def unwrapped_routes(app: web.Application) -> list[str]:
     return found
 
 
-def api_routes(app: web.Application) -> list[tuple[str, str]]:
-    """(method, a concrete path) of every API route, path parameters filled with a valid value."""
-    return [
-        (route.method, re.sub(r'\{[^}]+\}', 's', route.resource.canonical))
-        for route in app.router.routes()
-        if route.resource is not None and route.resource.canonical.startswith('/api/v1/')
-    ]
+def routes_by_openness(app: web.Application, document: dict[str, Any]) -> dict[bool, list[tuple[str, str]]]:
+    """(method, a concrete path) of every route of the app but the catch-all, path parameters filled with a
+    valid value, keyed by whether the document says it is open. A HEAD route is its GET's twin."""
+    found: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+    for route in app.router.routes():
+        assert route.resource is not None
+        template = re.sub(r'\{(\w+):[^}]*\}', r'{\1}', route.resource.canonical)
+        if template == '/{path}':  # `unmatched`: checked on its own below
+            continue
+        operation = document['paths'][template]['get' if route.method == 'HEAD' else route.method.lower()]
+        found[operation.get('security') == []].append((route.method, re.sub(r'\{[^}]+\}', 's', template)))
+    return found
 
 
 async def _bare(request: web.Request) -> web.Response:
@@ -54,22 +61,42 @@ def test_a_route_added_without_the_wrapper_is_caught() -> None:
     assert unwrapped_routes(app) == ['HEAD /api/v1/chat/bare', 'GET /api/v1/chat/bare', '* /files']
 
 
-async def test_every_api_route_refuses_a_request_without_the_key(aiohttp_client: AiohttpClient) -> None:
-    """What the wrapper does, route by route: 401 in our JSON, with the request id, before any handler runs."""
+async def _status_without_key(client: CheckedClient, method: str, path: str) -> int:
+    if method == 'HEAD':  # not in the document: checked without it, and without a body to read
+        async with client.raw.head(path, headers={'Authorization': 'Bearer wrong'}) as response:
+            assert response.headers['X-Request-ID']
+            return response.status
+    reply = await client.request(method, path, headers={'Authorization': 'Bearer wrong'}, json={})
+    if reply.status == 401:
+        assert reply.error_code == 'unauthorized'
+        assert reply.headers['WWW-Authenticate'] == 'Bearer'
+    return reply.status
+
+
+async def test_the_key_check_follows_the_document_route_by_route(aiohttp_client: AiohttpClient) -> None:
+    """What the wrapper does, route by route: 401 in our JSON, with the request id, before any handler runs,
+    on exactly the routes the document does not mark open; an open route answers without the key."""
     settings = Settings(api_key=KEY)
     app = create_app(settings)
-    routes = api_routes(app)
-    client = CheckedClient(await aiohttp_client(app), Conformance.for_settings(settings))
-    assert len(routes) >= 10
-    for method, path in routes:
-        if method == 'HEAD':  # not in the document: checked without it, and without a body to read
-            async with client.raw.head(path, headers={'Authorization': 'Bearer wrong'}) as response:
-                assert response.status == 401, path
-                assert response.headers['X-Request-ID']
-            continue
-        reply = await client.request(method, path, headers={'Authorization': 'Bearer wrong'}, json={})
-        assert (reply.status, reply.error_code) == (401, 'unauthorized'), (method, path)
-        assert reply.headers['WWW-Authenticate'] == 'Bearer'
+    document = build_openapi(settings)
+    client = CheckedClient(await aiohttp_client(app), Conformance(document))
+    found = routes_by_openness(app, document)
+    assert len(found[False]) >= 10, found
+    assert len(found[True]) >= 3, found
+    for method, path in found[False]:
+        assert await _status_without_key(client, method, path) == 401, (method, path)
+    for method, path in found[True]:
+        assert await _status_without_key(client, method, path) != 401, (method, path)
+
+
+async def test_a_path_no_route_serves_needs_the_key_too(aiohttp_client: AiohttpClient) -> None:
+    """`unmatched` has no declaration: closed, so an unknown path tells a caller without the key nothing."""
+    client: Any = await aiohttp_client(create_app(Settings(api_key=KEY)))
+    for path in ('/api/v1/chat/nothing', '/nothing'):
+        async with client.get(path) as response:
+            assert response.status == 401, path
+    async with client.get('/nothing', headers={'Authorization': f'Bearer {KEY}'}) as response:
+        assert response.status == 404
 
 
 async def test_the_walk_fails_the_request_check_too_for_a_bare_route(aiohttp_client: AiohttpClient) -> None:
