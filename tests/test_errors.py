@@ -1,17 +1,23 @@
 """Every error class: JSON body, application/json, the right status, no stack trace, X-Request-ID."""
 
 import asyncio
+import importlib
 import io
 import logging
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+import memsvc
 from memsvc.app import create_app
+from memsvc.endpoint import STATUS_FOR, RefusedByAiohttp, status_for
+from memsvc.errors import InternalError, MemsvcError
 from memsvc.logs import configure_logging
 from memsvc.manager import AsyncMemoryManager
 from memsvc.settings import Settings
@@ -292,3 +298,37 @@ async def test_api_key_accepted_and_health_routes_stay_open(keyed: CheckedClient
     assert (await keyed.get('/healthz')).status == 200
     assert (await keyed.get('/readyz')).status == 200
     assert (await keyed.get('/api/v1/openapi.json', headers=good)).json()['security'] == [{'apiKey': []}]
+
+
+# --- the status map ----------------------------------------------------------------------------
+
+
+def _every_error_class() -> list[type[MemsvcError]]:
+    """Every subclass of MemsvcError, at any depth, after importing every module of the package (an error
+    defined outside errors.py is found too)."""
+    for module in pkgutil.walk_packages(memsvc.__path__, 'memsvc.'):
+        importlib.import_module(module.name)
+    found: list[type[MemsvcError]] = []
+    todo = [MemsvcError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def test_every_error_class_maps_to_a_status_other_than_500() -> None:
+    """`status_for` falls back to 500: an error class nobody mapped would answer as a server bug."""
+    classes = _every_error_class()
+    assert len(classes) >= 20, classes
+    unmapped = []
+    for cls in classes:
+        if cls is InternalError or cls is RefusedByAiohttp:
+            continue
+        status = next((STATUS_FOR[base] for base in cls.__mro__ if base in STATUS_FOR), 500)
+        if status == 500:
+            unmapped.append(f'{cls.__module__}.{cls.__qualname__}')
+    assert unmapped == [], f'add these to STATUS_FOR in memsvc/endpoint.py: {unmapped}'
+    assert STATUS_FOR[InternalError] == 500
+    refused = web.HTTPBadRequest()
+    assert status_for(RefusedByAiohttp(refused.status, refused.reason, 'x')) == 400, 'aiohttp gave it'
