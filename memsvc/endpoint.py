@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 
 from memsvc.appkeys import TENANT
 from memsvc.auth import DEFAULT_TENANT, Keyring
+from memsvc.context import ContextBudgetTooSmall
 from memsvc.errors import (
     BackendUnavailable,
     BodyTooLarge,
@@ -77,6 +78,7 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     InvalidInput: 422,
     IdempotencyKeyReused: 422,
     ThroughIdNotStored: 422,
+    ContextBudgetTooSmall: 422,
     InternalError: 500,
     NotSupported: 501,
     BackendUnavailable: 503,
