@@ -11,8 +11,10 @@ before the write could be overtaken by another replica's write in between): mess
 session, never reused) and session versions, creating the session on its first append, the
 `expected_version` precondition (`check_version`), the `Limits` (trim or `SessionFull`;
 `SessionLimitReached`), the replay of a recorded Idempotency-Key (`IdempotencyKeyReused`), and, on Redis,
-the expiry of idle sessions. (One of these is not atomic: on Redis Cluster a tenant's session count lives in
-another slot than the session, so near the limit concurrent creates can pass it together; see `RedisStore`.)
+the expiry of idle sessions. Two exceptions: on Redis Cluster a tenant's session count lives in another slot
+than the session, so near the limit concurrent creates can pass it together (see `RedisStore`); and Chroma,
+which has no transactions, holds these rules atomically within one memsvc process only, not between processes
+sharing a Chroma server (see `ChromaStore`).
 
 A session's summary (`set_summary`) is part of the session: its writes bump the version, it is deleted and
 cleared with the messages (it covers messages that are gone) and it expires with them. Its `through_id` must

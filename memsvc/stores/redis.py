@@ -25,7 +25,8 @@ slightly different clocks cannot reorder a session in the listing.
 
 The store is written once over a `redis_transport.Transport`, which sends the calls (on a single Redis,
 those of concurrent requests together) and turns client errors into `BackendUnavailable` (503), never
-"not found". The one difference it lets through is `spans_slots`, asked once:
+"not found". Two differences show through, each read once when the store is made: `keeps_deadline` (whether
+the transport times each call itself, see `_SELF_TIMED`) and `spans_slots`:
 
 On a single Redis the session script also updates the tenant's index, so a write is one atomic round
 trip. On Redis Cluster the index lives in another slot, which one script cannot touch: an append
@@ -85,8 +86,10 @@ from memsvc.stores.redis_transport import transport_for
 
 _CAS_ATTEMPTS = 100
 _SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session'})
-"""The operations whose every call goes through the transport, so a transport that keeps the store deadline
-keeps it for them (with one timer per batch instead of one per operation)."""
+"""The operations that reach Redis only through transport calls, so on a transport that keeps the store deadline
+the instrumented store puts no timer of its own around them. That deadline bounds each batch sent, not the
+operation: append_messages and get_session send one batch; get_messages on an empty list sends a second (EXISTS
+with LRANGE, to tell an empty session from a missing one), so that read may take up to two deadlines."""
 
 
 class RedisKeys:

@@ -79,10 +79,12 @@ def transport_for(client: Redis | RedisCluster, settings: Settings) -> Transport
 
 
 def hiredis_reader(connection: Connection) -> hiredis.Reader | None:
-    """The hiredis reader behind `connection`'s parser (redis-py private API), or None without one.
+    """The hiredis reader behind `connection`'s parser (redis-py private API), or None when its parser is not
+    redis-py's hiredis parser (hiredis is a dependency of memsvc, so only a client made with another
+    `parser_class` has none).
 
-    Replies already received are taken from it directly; `read_response` is called only when it needs
-    more bytes from the socket. Without hiredis every reply goes through `read_response`: slower, same answers.
+    Replies already received are taken from the reader directly; `read_response` is called only when it needs
+    more bytes from the socket. With no reader every reply goes through `read_response`: the same answers.
     """
     parser = getattr(connection, '_parser', None)
     return parser._reader if isinstance(parser, _AsyncHiredisParser) else None

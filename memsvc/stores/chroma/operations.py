@@ -34,7 +34,7 @@ def chroma_settings() -> ChromaSettings:
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-# The results and calls that cross to the child are NamedTuples: they pickle several times faster than dataclasses.
+# The results that come back from the child are NamedTuples; a `Call` crosses to it as a plain tuple (`child.py`).
 
 
 class Records(NamedTuple):
@@ -55,8 +55,10 @@ class Neighbours(NamedTuple):
 
 
 class Chroma:
-    """One Chroma client and the collections it has opened. Not thread-safe: each instance is used by one thread at
-    a time, or by the child process alone."""
+    """One Chroma client and the collections it has opened. For a Chroma server one instance serves every thread of
+    the store's pool at once (`transport.ServerTransport`): chromadb's HTTP client sends through one httpx.Client,
+    which is thread-safe, and two threads that miss the same collection in `_collections` both open it, which
+    `get_or_create_collection` makes harmless. Embedded Chroma's instance is used by the child process alone."""
 
     def __init__(self, client: ClientAPI) -> None:
         self.client = client
