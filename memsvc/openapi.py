@@ -38,6 +38,8 @@ _TEMPLATE_REGEX = re.compile(r'\{(\w+):[^}]*\}')
 
 
 def build_openapi(settings: Settings, tables: tuple[RouteTable, ...] = (routes,)) -> Schema:
+    """The document for `tables`: ours alone today; part 2's `/v1` table joins it (tests/test_declare.py
+    documents such a second table meanwhile)."""
     schemas = _Schemas(settings)
     paths: dict[str, Schema] = {}
     for table in tables:

@@ -21,6 +21,7 @@ from memsvc.declare import (
     RouteTable,
     bool_query,
     int_query,
+    nonblank_text_query,
     text_query,
 )
 from memsvc.errors import BackendUnavailable
@@ -284,14 +285,7 @@ async def clear_messages(request: web.Request) -> web.Response:
 
 # --- search ----------------------------------------------------------------------------------
 
-QUERY_TEXT = text_query(
-    'q',
-    schema={'type': 'string', 'minLength': 1, 'maxLength': MAX_QUERY_CHARS, 'pattern': r'\S'},
-    description='the text (not only spaces)',
-    problem=f'give a search text of 1 to {MAX_QUERY_CHARS} characters, not only spaces',
-    check=lambda text: bool(text.strip()) and len(text) <= MAX_QUERY_CHARS,
-    required=True,
-)
+QUERY_TEXT = nonblank_text_query('q', MAX_QUERY_CHARS, what='a search text', description='the text (not only spaces)')
 SEARCH_LIMIT = int_query('limit', 1, 50, default=5, description='how many hits')
 ROLE = text_query(
     'role',
