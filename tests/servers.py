@@ -26,7 +26,8 @@ START_TIMEOUT_SECONDS = 15.0
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without memsvc's variables, plus `extra`: for a memsvc process."""
+    """This process's environment without memsvc's variables, plus `extra`: for every process the suite starts,
+    memsvc and the servers alike (`chroma run` reads `CHROMA_*` variables too, which a shell may set for memsvc)."""
     env = {name: value for name, value in os.environ.items() if not is_memsvc_variable(name)}
     env.update(extra)
     return env
@@ -101,7 +102,7 @@ class ServerProcess:
         assert self.process is None or self.process.poll() is not None, 'already running'
         with self.log.open('ab') as log:
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env()
             )
         deadline = time.monotonic() + self.start_timeout
         while not self.answers():
@@ -207,6 +208,7 @@ class RedisClusterServers:
                 check=True,
                 capture_output=True,
                 timeout=START_TIMEOUT_SECONDS,
+                env=clean_env(),
             )
             cluster = cls(nodes)
             cluster.wait_until_ok()

@@ -3,7 +3,6 @@ recovery by itself when it is back, and no acknowledged write lost. Each test ha
 redis-server (AOF, fsync on every write) so it can stop it."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from memsvc.app import create_app
 from memsvc.settings import Settings
 from memsvc.stores.redis_client import masked_url
 from tests.helpers import API
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, clean_env, free_port
 
 PROMISED_SECONDS = 2.0
 
@@ -195,7 +194,7 @@ def test_serve_refuses_to_start_without_redis_in_one_line_naming_the_url(
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, '-m', 'memsvc', 'serve', '--memory-type', 'redis', '--port', str(free_port())],
-        env={**os.environ, 'REDIS_URL': url},
+        env=clean_env(REDIS_URL=url),
         capture_output=True,
         timeout=10,
         check=False,

@@ -21,7 +21,7 @@ from pytest_aiohttp import AiohttpClient
 from memsvc.app import create_app
 from tests.conftest import make_settings
 from tests.helpers import API
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, clean_env, free_port
 from tests.test_metrics import request_counts
 
 WRITERS = 50
@@ -97,12 +97,7 @@ def workers(redis_server: RedisServer, request: pytest.FixtureRequest, tmp_path:
     """`python -m memsvc serve --workers 2 --memory-type redis` on a free port; stopped with SIGTERM."""
     settings = make_settings('redis', request)
     port = free_port()
-    env = {
-        **os.environ,
-        'REDIS_URL': settings.redis_url,
-        'MEMSVC_KEY_PREFIX': settings.key_prefix,
-        'MEMSVC_LOG_LEVEL': 'WARNING',
-    }
+    env = clean_env(REDIS_URL=settings.redis_url, MEMSVC_KEY_PREFIX=settings.key_prefix, MEMSVC_LOG_LEVEL='WARNING')
     log = tmp_path / 'memsvc.log'
     with log.open('wb') as out:
         process = subprocess.Popen(
