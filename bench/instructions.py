@@ -104,18 +104,20 @@ class _Run:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    runner: web.AppRunner
     if args.ceiling:
         from bench.ceiling import create_app as create_ceiling
 
-        app = create_ceiling()
+        runner = web.AppRunner(create_ceiling(), access_log=None)
     else:
         from memsvc.app import create_app
+        from memsvc.edge import EdgeRunner
         from memsvc.settings import Settings
 
         key_prefix = f'bench-instructions-{os.getpid()}'
         slow = {'redis_connect_timeout': 60, 'redis_pool_timeout': 60, 'redis_socket_timeout': 60}  # valgrind is slow
-        app = create_app(Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING', **slow))
-    runner = web.AppRunner(app, access_log=None)
+        settings = Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING', **slow)
+        runner = EdgeRunner(create_app(settings), settings, 1000, access_log=None)  # as `memsvc serve` runs it
     await runner.setup()
     run = _Run(asyncio.get_running_loop())
     twenty = b'[' + b','.join([MESSAGE] * 20) + b']'

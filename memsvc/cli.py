@@ -26,7 +26,7 @@ from memsvc import __version__
 from memsvc.errors import MemsvcError
 from memsvc.logs import configure_logging
 from memsvc.metrics import MULTIPROC_ENV, mark_process_dead
-from memsvc.settings import Settings, describe_error
+from memsvc.settings import Settings, describe_error, describe_value_error
 
 log = logging.getLogger('memsvc')
 
@@ -68,23 +68,26 @@ async def _freeze_start_up_objects(app: web.Application) -> None:
 
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one server process until SIGTERM/SIGINT; return its exit status."""
+    from memsvc import edge
     from memsvc.app import create_app
 
     configure_logging(settings.log_level, settings.log_format)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    try:
+        connections = edge.max_connections(settings)
+    except ValueError as exc:
+        print(f'memsvc: {describe_value_error(exc)}', file=sys.stderr)
+        return 1
     app = create_app(settings)
     app.on_startup.append(_freeze_start_up_objects)
     try:
-        web.run_app(
+        edge.run(
             app,
-            host=settings.host,
-            port=settings.port,
+            settings,
+            connections,
+            _new_loop(),
             reuse_port=reuse_port or None,
             access_log=logging.getLogger('aiohttp.access') if settings.access_log else None,
-            shutdown_timeout=settings.shutdown_timeout,
-            print=None,
-            loop=_new_loop(),
-            handle_signals=True,
         )
     except MemsvcError as exc:
         print(f'memsvc: cannot start: {exc.message}', file=sys.stderr)

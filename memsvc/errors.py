@@ -47,7 +47,7 @@ class InvalidSessionId(MemsvcError):
     code = 'invalid_session_id'
 
     def __init__(self) -> None:
-        super().__init__('a session id is 1-128 characters of A-Z a-z 0-9 _ - . :')
+        super().__init__('a session id is 1-128 characters of A-Z a-z 0-9 _ - . :, other than . and ..')
 
 
 class InvalidParameter(MemsvcError):
@@ -58,6 +58,15 @@ class InvalidParameter(MemsvcError):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f'{name}: {problem}')
         self.name = name
+
+
+class ResponseTooLarge(MemsvcError):
+    """An answer that would be larger than `MEMSVC_MAX_RESPONSE_BYTES`; `advice` says how to ask for less."""
+
+    code = 'response_too_large'
+
+    def __init__(self, limit: int, advice: str) -> None:
+        super().__init__(f'the answer would be larger than {limit} bytes (MEMSVC_MAX_RESPONSE_BYTES); {advice}')
 
 
 class InvalidCursor(InvalidParameter):

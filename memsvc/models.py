@@ -81,12 +81,16 @@ ShortText = Annotated[str, Field(max_length=256)]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_DOT_SEGMENTS = ('.', '..')
+"""Ids the pattern allows but a URL cannot carry: clients that normalise URLs (curl, aiohttp's) remove them."""
+
+
 def is_session_id(value: str) -> bool:
-    return _SESSION_ID.fullmatch(value) is not None
+    return _SESSION_ID.fullmatch(value) is not None and value not in _DOT_SEGMENTS
 
 
 def require_session_id(value: str) -> str:
-    if _SESSION_ID.fullmatch(value) is None:
+    if _SESSION_ID.fullmatch(value) is None or value in _DOT_SEGMENTS:
         raise InvalidSessionId()
     return value
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, TENANT
+from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS, TENANT
 from memsvc.declare import (
     Header,
     JsonBody,
@@ -24,7 +24,7 @@ from memsvc.declare import (
     nonblank_text_query,
     text_query,
 )
-from memsvc.errors import BackendUnavailable
+from memsvc.errors import BackendUnavailable, ResponseTooLarge
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.models import (
     ROLES,
@@ -42,6 +42,7 @@ from memsvc.models import (
     json_array,
     require_session_id,
 )
+from memsvc.settings import MIN_RESPONSE_BYTES
 from memsvc.stores.base import ANY_VERSION, MessageRange
 
 API = '/api/v1/chat'
@@ -80,6 +81,21 @@ NEW_MESSAGES: JsonBody[list[NewMessage]] = JsonBody(NewMessages)
 NEW_SESSION: JsonBody[NewSession] = JsonBody(NewSession, required=False)
 SESSION_PATCH: JsonBody[SessionPatch] = JsonBody(SessionPatch)
 ETAG = ResponseHeader('ETag', 'the session version after this request, e.g. "3"')
+
+
+SESSION_OVERHEAD_BYTES = 400
+"""An upper bound of what a session's answer holds besides its messages and metadata (id, timestamps, keys)."""
+_FEWER_SESSIONS = 'ask for fewer sessions with a smaller limit, or leave the messages out with include_messages=false'
+
+
+def _bounded(request: web.Request, size: int, advice: str) -> None:
+    """Refuse an answer over `MEMSVC_MAX_RESPONSE_BYTES` before it is encoded: a client that does not read
+    its answer holds it in this process's memory until the connection closes."""
+    if size <= MIN_RESPONSE_BYTES:  # within any bound (most answers): the settings need not be looked up
+        return
+    limit = request.app[SETTINGS].max_response_bytes
+    if size > limit:
+        raise ResponseTooLarge(limit, advice)
 
 
 def _etag(version: int) -> dict[str, str]:
@@ -131,6 +147,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     sessions, next_cursor = await request.app[MANAGER].list_sessions(
         request[TENANT], limit=limit, cursor=CURSOR.get(request), with_messages=with_messages
     )
+    size = sum(len(found.messages) + len(found.record.metadata) + SESSION_OVERHEAD_BYTES for found in sessions)
+    _bounded(request, size, _FEWER_SESSIONS)
     headers = None
     if next_cursor is not None:
         headers = {'Link': f'<{request.rel_url.update_query(cursor=next_cursor)}>; rel="next"'}
@@ -169,6 +187,9 @@ async def create_session(request: web.Request) -> web.Response:
 )
 async def get_session(request: web.Request) -> web.Response:
     found = await request.app[MANAGER].get_session(request[TENANT], SESSION_ID.get(request))
+    size = len(found.messages) + len(found.record.metadata) + SESSION_OVERHEAD_BYTES
+    if size > MIN_RESPONSE_BYTES:
+        _bounded(request, size, f'read its messages in pages with GET {API}/sessions/<id>/messages?limit=N&before=<id>')
     return _json(_session(found), headers=_etag(found.record.version))
 
 
@@ -233,6 +254,8 @@ async def get_messages(request: web.Request) -> web.Response:
     session_id = SESSION_ID.get(request)
     selection = MessageRange(limit=MESSAGES_LIMIT.get(request), before=BEFORE.get(request), after=AFTER.get(request))
     messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
+    if len(messages) > MIN_RESPONSE_BYTES:  # the hot read: no call for the usual answer
+        _bounded(request, len(messages), 'ask for fewer messages with limit, and page with before or after')
     return web.Response(body=messages, content_type='application/json')
 
 
@@ -311,6 +334,7 @@ async def _search(request: web.Request, session_id: str | None) -> web.Response:
     hits = await request.app[MANAGER].search(
         request[TENANT], query, limit=SEARCH_LIMIT.get(request), session_id=session_id, role=ROLE.get(request)
     )
+    _bounded(request, sum(len(hit.message) + SESSION_OVERHEAD_BYTES for hit in hits), 'ask for fewer with limit')
     return _json(
         [{'session_id': hit.session_id, 'message': orjson.Fragment(hit.message), 'score': hit.score} for hit in hits]
     )

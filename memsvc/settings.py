@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from memsvc.auth import DEFAULT_TENANT, parse_api_keys
 
 MemoryType = Literal['in_memory', 'redis', 'chroma']
+MIN_RESPONSE_BYTES = 1024 * 1024
+"""The smallest `MEMSVC_MAX_RESPONSE_BYTES`: answers up to this size need no check against it."""
 LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']
 
 
@@ -50,6 +52,11 @@ class Settings(BaseSettings):
     max_sessions_per_tenant: int = Field(0, ge=0, description='refuse new sessions past this many (409); 0 = none')
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=MIN_RESPONSE_BYTES,
+        description='largest answer; a larger one is a 400 that says how to page',
+    )
     max_content_chars: int = Field(100_000, ge=1)
     max_metadata_keys: int = Field(64, ge=1, le=1024)
     max_metadata_bytes: int = Field(16 * 1024, ge=2, le=1024 * 1024)
@@ -63,6 +70,15 @@ class Settings(BaseSettings):
     )
     access_log: bool = False
     shutdown_timeout: float = Field(30.0, gt=0, description='seconds to finish in-flight requests on SIGTERM')
+    header_timeout_seconds: float = Field(5.0, gt=0, le=600, description='seconds to receive a request head')
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600, description='seconds to receive a request body')
+    send_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description='seconds a client may take none of its answer before it is dropped'
+    )
+    keepalive_timeout_seconds: float = Field(75.0, ge=0, le=3600, description='an idle connection is closed after')
+    max_connections: int | None = Field(
+        None, ge=1, le=1_000_000, description='open connections per process; unset: 1000, or what fits the fd limit'
+    )
 
     @model_validator(mode='before')
     @classmethod
@@ -105,6 +121,15 @@ class Settings(BaseSettings):
         return None
 
     @model_validator(mode='after')
+    def _one_message_fits_an_answer(self) -> Self:
+        if self.max_response_bytes < 2 * self.max_body_bytes:
+            raise ValueError(
+                'max_response_bytes: must be at least twice MEMSVC_MAX_BODY_BYTES, so that any stored message '
+                'can be read back'
+            )
+        return self
+
+    @model_validator(mode='after')
     def _workers_need_a_shared_store(self) -> Self:
         if self.workers > 1 and self.memory_type == 'in_memory':
             raise ValueError(
@@ -141,3 +166,11 @@ def describe_error(exc: ValidationError) -> str:
     if rest and field in Settings.model_fields:
         return f'invalid configuration: {env_name(field)}: {rest}'
     return f'invalid configuration: {msg}'
+
+
+def describe_value_error(exc: ValueError) -> str:
+    """One line for a `field: problem` error found after validation (e.g. against the descriptor limit)."""
+    field, _, rest = str(exc).partition(': ')
+    if rest and field in Settings.model_fields:
+        return f'invalid configuration: {env_name(field)}: {rest}'
+    return f'invalid configuration: {exc}'

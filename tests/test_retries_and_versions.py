@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from memsvc.settings import Settings
 from tests.conformance import CheckedClient
 from tests.helpers import API
 
@@ -53,6 +54,42 @@ async def test_the_same_key_with_another_body_is_422(client: CheckedClient) -> N
     assert reply.status == 422
     assert reply.error_code == 'idempotency_key_reused'
     assert await contents(client, 'g') == ['Hi', 'Hello!']
+
+
+@pytest.mark.parametrize('then', ['DELETE /sessions/g', 'DELETE /sessions/g/messages'])
+async def test_a_retry_after_the_write_was_deleted_reports_the_original_outcome_and_writes_nothing(
+    client: CheckedClient, settings: Settings, then: str
+) -> None:
+    """A replay answers what happened to the request, not the present state (as payment APIs do): the client
+    retries because it lost that answer, and re-running the write would bring deleted messages back."""
+    key = {'Idempotency-Key': 'turn-gone'}
+    first = await client.post(f'{API}/sessions/g/messages', json=PAIR, headers=key)
+    assert (await client.delete(API + then.split()[1])).status == 200
+    retry = await client.post(f'{API}/sessions/g/messages', json=PAIR, headers=key)
+    if settings.memory_type == 'chroma':  # no transactions: it cannot tell that the first attempt committed
+        assert retry.status == 201
+        assert await contents(client, 'g') == ['Hi', 'Hello!']
+        return
+    assert (retry.status, retry.body, retry.headers['ETag']) == (first.status, first.body, first.headers['ETag'])
+    if then.endswith('/messages'):
+        assert await contents(client, 'g') == []
+    else:
+        assert (await client.get(f'{API}/sessions/g')).status == 404
+
+
+async def test_a_retried_create_after_the_session_was_deleted_reports_the_original_outcome(
+    client: CheckedClient, settings: Settings
+) -> None:
+    key = {'Idempotency-Key': 'create-gone'}
+    first = await client.post(f'{API}/sessions', json={'id': 'c'}, headers=key)
+    assert (await client.delete(f'{API}/sessions/c')).status == 200
+    retry = await client.post(f'{API}/sessions', json={'id': 'c'}, headers=key)
+    assert retry.status == first.status
+    if settings.memory_type == 'chroma':  # the delete removed the key's record: the create runs again
+        assert (await client.get(f'{API}/sessions/c')).status == 200
+        return
+    assert retry.body == first.body
+    assert (await client.get(f'{API}/sessions/c')).status == 404
 
 
 async def test_without_a_key_a_retry_writes_again(client: CheckedClient) -> None:
