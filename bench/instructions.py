@@ -10,6 +10,7 @@ not counted, and instructions are not time (cache misses are not in them): use i
 
     python -m bench.instructions append                 # memsvc on in_memory, one message per request
     python -m bench.instructions get20 --store redis    # needs REDIS_URL (default 127.0.0.1:6379)
+    python -m bench.instructions context                # the context window (max_tokens 4000, openai) of 20
     python -m bench.instructions append --ceiling       # the bare-aiohttp ceiling
 """
 
@@ -35,6 +36,7 @@ REQUESTS = {
     'pair': lambda n: _post(f'{API}/s-{n}/messages', b'[' + MESSAGE + b',' + MESSAGE + b']'),
     'get20': lambda n: f'GET {API}/read-{n}/messages?limit=20 HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
     'get_session': lambda n: f'GET {API}/read-{n} HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
+    'context': lambda n: f'GET {API}/read-{n}/context?max_tokens=4000 HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
 }
 
 

@@ -111,6 +111,19 @@ def bool_query(name: str, *, default: bool, description: str) -> Query[bool]:
     return Query(name, parse, default, schema=schema, description=description, problem='must be true or false')
 
 
+def choice_query(name: str, choices: tuple[str, ...], *, default: str, description: str) -> Query[str]:
+    """One of `choices` exactly (no case folding, no trimming), `default` when absent."""
+
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(raw)
+        return raw
+
+    schema = {'type': 'string', 'enum': list(choices), 'default': default}
+    problem = f'must be one of {", ".join(choices)}'
+    return Query(name, parse, default, schema=schema, description=description, problem=problem)
+
+
 def text_query(
     name: str,
     *,
@@ -337,6 +350,9 @@ class RouteTable:
 
     def post(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
         return self.route('POST', path, operation)
+
+    def put(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
+        return self.route('PUT', path, operation)
 
     def patch(self, path: str, operation: Operation) -> Callable[[Handler], Handler]:
         return self.route('PATCH', path, operation)

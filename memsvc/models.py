@@ -141,6 +141,11 @@ class SessionPatch(_Body):
     metadata: JsonObject = Field(description='a JSON merge patch (RFC 7386): null deletes a key')
 
 
+class NewSummary(_Body):
+    content: Annotated[str, settings_bound(maxLength='max_content_chars')]
+    through_id: Annotated[int, Field(ge=1, le=2**53 - 1, description='the id of the last message it covers')]
+
+
 # --- what the API answers with (the stored bytes are sent as they are; these describe them) ----------
 
 
@@ -172,6 +177,28 @@ class SearchHitBody(TypedDict):
     session_id: str
     message: Message
     score: Annotated[float, Field(description='higher is more similar')]
+
+
+@with_config(ConfigDict(extra='forbid', title='Summary'))
+class SummaryBody(TypedDict):
+    content: str
+    through_id: int
+    updated_at: datetime
+
+
+@with_config(ConfigDict(extra='forbid', title='ContextWindow'))
+class ContextWindowBody(TypedDict):
+    """The history that fits the budget, in the shape of `format` (README, "The context window")."""
+
+    format: Literal['openai', 'responses', 'anthropic', 'memsvc']
+    messages: Annotated[
+        list[dict[str, Any]], Field(description="the request's messages (or Responses input items), oldest first")
+    ]
+    system: NotRequired[Annotated[str, Field(description='anthropic only: the system text, when there is one')]]
+    tokens: Annotated[int, Field(ge=0, description='the count of messages and system under the encoding')]
+    dropped: Annotated[int, Field(ge=0, description='stored messages left out')]
+    first_id: Annotated[int | None, Field(description='the id of the oldest stored message included')]
+    summary: Annotated[bool, Field(description='whether the summary is in the window')]
 
 
 @with_config(ConfigDict(extra='forbid'))

@@ -23,12 +23,13 @@ COMPONENTS = '#/components/schemas/'
 _ERRORS = {
     400: 'malformed JSON, an invalid session id or an invalid query parameter',
     401: 'missing or wrong API key',
-    404: 'the session does not exist',
+    404: 'the session does not exist (summary routes: or it has no summary, `summary_not_found`)',
     409: 'a session with this id exists, or a limit is reached (sessions per tenant, messages per session)',
     412: 'If-Match names another version than the current one (or the session does not exist)',
     413: 'the body is larger than MEMSVC_MAX_BODY_BYTES',
     415: 'the body is not sent as application/json',
-    422: 'the body fails validation (the message names the field), or an Idempotency-Key is reused for another request',
+    422: 'the body fails validation (the message names the field), an Idempotency-Key is reused for another request, '
+    'a summary names a message that is not stored, or the context budget is too small for the pinned messages',
     500: 'an unexpected error; the message carries the request id',
     501: 'this backend does not support the operation',
     503: 'the backend is unavailable; retry after Retry-After seconds',

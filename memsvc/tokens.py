@@ -24,7 +24,9 @@ Loading an encoding takes a large fraction of a second and tens of MB (tiktoken 
 do it once per process, off the event loop (`load_counter` is blocking).
 """
 
+import asyncio
 import base64
+import functools
 import gzip
 import hashlib
 from collections.abc import Mapping
@@ -184,3 +186,30 @@ class TokenCounter:
 def load_counter(name: EncodingName = DEFAULT_ENCODING) -> TokenCounter:
     """Load `name` from the packaged file (blocking: run it off the event loop, once per process)."""
     return TokenCounter(load_encoding(name))
+
+
+@functools.cache
+def shared_counter(name: EncodingName) -> TokenCounter:
+    """The process's one counter for `name`: a counter is immutable, and each costs tens of MB and a large
+    fraction of a second to build, so every app in a process (several in a test run) shares it. Blocking on
+    its first call for `name`."""
+    return load_counter(name)
+
+
+class Counters:
+    """The counters an app uses: the default encoding's, loaded at start, and the others loaded on their first
+    use, in a thread (off the event loop)."""
+
+    __slots__ = ('_loading', 'default')
+
+    def __init__(self, default: TokenCounter) -> None:
+        self.default = default
+        self._loading: dict[str, asyncio.Future[TokenCounter]] = {}
+
+    async def get(self, name: EncodingName) -> TokenCounter:
+        if name == self.default.name:
+            return self.default
+        loading = self._loading.get(name)
+        if loading is None:  # one load for the requests that ask while it runs
+            loading = self._loading[name] = asyncio.ensure_future(asyncio.to_thread(shared_counter, name))
+        return await asyncio.shield(loading)  # a request that goes away does not cancel the others' load
