@@ -25,6 +25,8 @@ GROWTH_LEVELS = (10, 1_000, 100_000)
 GROWTH_SESSIONS = 4
 BATCH = 100
 LAST_20 = '/sessions/{id}/messages?limit=20'
+CONTEXT = '/sessions/{id}/context?max_tokens=4000'  # format=openai is the default
+CONTEXT_LEVELS = (GROWTH_LEVELS[0], GROWTH_LEVELS[-1])
 LIST_20 = '/sessions?limit=20&include_messages=false'  # the session records; their messages would dwarf them
 
 
@@ -42,16 +44,21 @@ def main_scenarios() -> list[Scenario]:
         Scenario('append_pair', 'append user+assistant pair', 'append_pair.lua', ('prefix=pair',)),
         Scenario('get_last_20', 'get last 20 messages', 'get.lua', ('prefix=read', f'path={LAST_20}')),
         Scenario('get_session', 'get session (20 messages)', 'get.lua', ('prefix=read', 'path=/sessions/{id}')),
+        Scenario('context', 'context, max_tokens 4000, openai format', 'get.lua', ('prefix=read', f'path={CONTEXT}')),
         Scenario('create_session', 'create session', 'create_session.lua'),
         Scenario('list_sessions', 'list sessions (limit 20)', 'get.lua', (f'path={LIST_20}',)),
     ]  # fmt: skip
 
 
 def growth_scenario(op: str, level: int, run: int) -> Scenario:
-    """`op` (get_last_20 or append) on the sessions of `level` messages that `run` uses (see `section_growth`)."""
+    """`op` (get_last_20, context or append) on the sessions of `level` messages that `run` uses (see
+    `section_growth`)."""
     common = (f'prefix={growth_prefix(level, run)}', f'sessions={GROWTH_SESSIONS}')
     if op == 'get_last_20':
         return Scenario(f'get_last_20@{level}', f'get last 20 @ {level:,}', 'get.lua', (*common, f'path={LAST_20}'))
+    if op == 'context':
+        label = f'context 4000 @ {level:,}'
+        return Scenario(f'context@{level}', label, 'get.lua', (*common, f'path={CONTEXT}'))
     return Scenario(f'append@{level}', f'append one @ {level:,}', 'append.lua', common)
 
 

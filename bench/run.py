@@ -33,6 +33,7 @@ from typing import Any
 
 from bench.measure import (
     CONNECTIONS,
+    CONTEXT_LEVELS,
     GROWTH_LEVELS,
     GROWTH_SESSIONS,
     Run,
@@ -210,7 +211,8 @@ def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Name
 
 
 def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[str, Any]:
-    """Append and get-last-20 on sessions that already hold 10 / 1,000 / 100,000 messages.
+    """Append and get-last-20 on sessions that already hold 10 / 1,000 / 100,000 messages, the context window
+    (max_tokens 4000) on those of 10 and 100,000.
 
     All levels are measured in the same rounds (the ceiling, then every memsvc at every level), and each
     level's throughput is compared with the lowest level's of the same round: the machine's speed moves
@@ -227,28 +229,28 @@ def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[
     ceiling, memsvcs = targets[0], targets[1:]
     print_header('growth: sessions that already hold N messages (all levels in the same rounds)', growth=True)
     out: dict[str, Any] = {}
-    for op in ('get_last_20', 'append'):
+    for op, levels in (('get_last_20', GROWTH_LEVELS), ('context', CONTEXT_LEVELS), ('append', GROWTH_LEVELS)):
         ceiling_runs: list[Run] = []
-        mine: dict[tuple[int, str], list[Run]] = {(level, s.name): [] for level in GROWTH_LEVELS for s in memsvcs}
+        mine: dict[tuple[int, str], list[Run]] = {(level, s.name): [] for level in levels for s in memsvcs}
         for n in range(runs):
             seconds = args.warmup if n == 0 else args.seconds
-            ceiling_run = timed_run(ceiling, growth_scenario(op, GROWTH_LEVELS[0], 0), seconds)
-            for level in GROWTH_LEVELS:
+            ceiling_run = timed_run(ceiling, growth_scenario(op, levels[0], 0), seconds)
+            for level in levels:
                 for server in memsvcs:
-                    sessions_of = 0 if op == 'get_last_20' else n  # reads do not change their sessions
+                    sessions_of = n if op == 'append' else 0  # reads do not change their sessions
                     run = timed_run(server, growth_scenario(op, level, sessions_of), seconds)
                     if n > 0:
                         mine[level, server.name].append(run)
             if n > 0:
                 ceiling_runs.append(ceiling_run)
-        for level in GROWTH_LEVELS:
+        for level in levels:
             scenario = growth_scenario(op, level, 0)
             row = out[scenario.name] = {
                 'label': scenario.label,
                 ceiling.name: figures(ceiling_runs, ceiling_runs, args.seconds),
             }
             for server in memsvcs:
-                runs_here, lowest = mine[level, server.name], mine[GROWTH_LEVELS[0], server.name]
+                runs_here, lowest = mine[level, server.name], mine[levels[0], server.name]
                 row[server.name] = figures(runs_here, ceiling_runs, args.seconds)
                 row[server.name]['vs_lowest'] = statistics.median(
                     r.rps / low.rps for r, low in zip(runs_here, lowest, strict=True)
