@@ -1,7 +1,6 @@
 """The application factory."""
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 
 import orjson
@@ -17,21 +16,14 @@ from memsvc.routes import routes
 from memsvc.settings import Settings
 from memsvc.stores import open_store
 from memsvc.stores.instrumented import InstrumentedStore
-from memsvc.tokens import DEFAULT_ENCODING, TokenCounter, load_counter
-
-
-@functools.cache
-def default_counter() -> TokenCounter:
-    """The default encoding's counter, loaded once per process (blocking, a large fraction of a second and tens of
-    MB) and shared by every app in it: it is immutable."""
-    return load_counter(DEFAULT_ENCODING)
+from memsvc.tokens import DEFAULT_ENCODING, shared_counter
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store at start (failing there when the backend is down) and close it at the end. The token
     counter loads off the event loop, meanwhile."""
     settings = app[SETTINGS]
-    counter = asyncio.get_running_loop().run_in_executor(None, default_counter)
+    counter = asyncio.get_running_loop().run_in_executor(None, shared_counter, DEFAULT_ENCODING)
     async with open_store(settings) as store:
         instrumented = InstrumentedStore(store, app[METRICS], settings.store_deadline())
         app[MANAGER] = AsyncMemoryManager(instrumented, settings, await counter)

@@ -7,7 +7,6 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from memsvc.app import default_counter
 from memsvc.context import record as make_record
 from memsvc.context import tokens_of
 from memsvc.errors import IdempotencyKeyReused, PreconditionFailed, SummaryNotFound, ThroughIdNotStored
@@ -16,6 +15,7 @@ from memsvc.models import NewMessage, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores.base import ANY_VERSION
+from memsvc.tokens import DEFAULT_ENCODING, shared_counter
 from tests.conftest import make_settings
 from tests.helpers import body, contents, ids, parsed
 from tests.test_store_contract import T, append, idem, record, version_of
@@ -165,7 +165,7 @@ async def stored_messages(store: Store, session_id: str) -> list[bytes]:
 async def test_the_manager_stores_each_messages_count_and_counts_older_ones_on_read(
     store: Store, settings: Settings
 ) -> None:
-    counter = default_counter()
+    counter = shared_counter(DEFAULT_ENCODING)
     manager = AsyncMemoryManager(store, settings, counter)
     await store.append_messages(T, 'c', [body('stored before records were', 'assistant', name='bot')], utc_now())
     call = {'id': 'c1', 'type': 'function', 'function': {'name': 'get_weather', 'arguments': '{"city": "Paris"}'}}
