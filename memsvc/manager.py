@@ -309,20 +309,18 @@ class AsyncMemoryManager:
             pinned = leading_instructions(_counted(newest, counter, recount))
         else:
             pinned = await self._pinned(tenant, session_id, counter, recount)
-        # no read goes past the pinned run's or the summary's last id, or the oldest stored message (ids are
-        # consecutive: the oldest one's follows from the newest one's and the count)
-        stop = max(
-            message_id(pinned[-1][0]) if pinned else 0,
-            summary.through_id if summary else 0,
-            message_id(newest[-1][0]) - total if newest else 0,
-        )
+        # no read goes past the pinned run's or the summary's last id, or the oldest stored message: once `total`
+        # messages were read (ids have gaps where messages were deleted, so the oldest one's id does not follow
+        # from the newest one's and the count)
+        stop = max(message_id(pinned[-1][0]) if pinned else 0, summary.through_id if summary else 0)
 
         async def pages() -> AsyncIterator[Iterator[Counted]]:
-            messages, limit = newest, size or MAX_PAGE
+            messages, limit, read = newest, size or MAX_PAGE, 0
             while messages:
                 yield _counted(reversed(messages), counter, recount)
+                read += len(messages)
                 oldest = message_id(messages[0][0])
-                if oldest - 1 <= stop:
+                if oldest - 1 <= stop or read >= total:
                     return
                 limit = min(limit * 2, MAX_PAGE)
                 older = await self.store.get_counted_messages(tenant, session_id, MessageRange(limit, before=oldest))
