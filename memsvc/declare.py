@@ -81,6 +81,13 @@ class Query(Generic[T]):
         return [_parameter(self.name, 'query', self.schema, self.description, self.required)]
 
 
+def parse_int(raw: str, low: int, high: int) -> int:
+    """`raw` as an integer from `low` to `high`, in decimal digits only (no sign, no spaces); ValueError otherwise."""
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise ValueError(raw)
+    return int(raw)
+
+
 @overload
 def int_query(name: str, low: int, high: int, *, default: int, description: str) -> Query[int]: ...
 @overload
@@ -89,9 +96,7 @@ def int_query(name: str, low: int, high: int, *, default: int | None = None, des
     """An integer from `low` to `high`, in decimal digits only (no sign, no spaces)."""
 
     def parse(raw: str) -> int:
-        if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-            raise ValueError(raw)
-        return int(raw)
+        return parse_int(raw, low, high)
 
     schema: Schema = {'type': 'integer', 'minimum': low, 'maximum': high}
     if default is not None:
@@ -223,22 +228,27 @@ class Header(Generic[T]):
         return [_parameter(self.name, 'header', schema, self.description, False)]
 
 
-class PathParam:
-    """A `{name}` segment of the path, checked by `check` (which raises the error to answer)."""
+class PathParam(Generic[T]):
+    """A `{name}` segment of the path, checked and converted by `check` (which raises the error to answer);
+    documented as a string of `pattern`, or as `schema`."""
 
-    __slots__ = ('check', 'description', 'name', 'pattern')
+    __slots__ = ('check', 'description', 'name', 'pattern', 'schema')
 
-    def __init__(self, name: str, pattern: str, check: Callable[[str], str], *, description: str) -> None:
+    def __init__(
+        self, name: str, pattern: str, check: Callable[[str], T], *, description: str, schema: Schema | None = None
+    ) -> None:
         self.name, self.pattern, self.check, self.description = name, pattern, check, description
+        self.schema = schema
 
-    def get(self, request: web.Request) -> str:
+    def get(self, request: web.Request) -> T:
         return self.check(request.match_info[self.name])
 
     def document(self, settings: 'Settings') -> list[Schema]:
-        return [_parameter(self.name, 'path', {'type': 'string', 'pattern': self.pattern}, self.description, True)]
+        schema = self.schema or {'type': 'string', 'pattern': self.pattern}
+        return [_parameter(self.name, 'path', schema, self.description, True)]
 
 
-Param = Query[Any] | QueryFamily | Header[Any] | PathParam
+Param = Query[Any] | QueryFamily | Header[Any] | PathParam[Any]
 
 
 # --- bodies ----------------------------------------------------------------------------------

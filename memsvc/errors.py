@@ -31,6 +31,16 @@ class SummaryNotFound(MemsvcError):
         super().__init__(f'session {session_id!r} has no summary')
 
 
+class MessageNotFound(MemsvcError):
+    """The session exists and stores no message with this id (never given, deleted, truncated, trimmed or cleared)."""
+
+    code = 'message_not_found'
+
+    def __init__(self, session_id: str, message_id: int) -> None:
+        super().__init__(f'session {session_id!r} stores no message with id {message_id}')
+        self.message_id = message_id
+
+
 class ThroughIdNotStored(MemsvcError):
     """A summary's `through_id` that names no message stored in the session (never stored, trimmed or cleared)."""
 

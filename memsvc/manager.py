@@ -19,7 +19,14 @@ from typing import Any, Final
 import orjson
 
 from memsvc.context import Counted, Summary, afit, leading_instructions, message_id, record
-from memsvc.errors import InvalidCursor, InvalidInput, SessionExists, SessionNotFound, SummaryNotFound
+from memsvc.errors import (
+    InvalidCursor,
+    InvalidInput,
+    MessageNotFound,
+    SessionExists,
+    SessionNotFound,
+    SummaryNotFound,
+)
 from memsvc.models import (
     NewMessage,
     NewSession,
@@ -37,7 +44,16 @@ from memsvc.models import (
 )
 from memsvc.render import ContextWindow, Format, render
 from memsvc.settings import Settings
-from memsvc.stores.base import Appended, CountedPage, Idempotency, ListCursor, MessageRange, Store, Summarized
+from memsvc.stores.base import (
+    Appended,
+    CountedPage,
+    Idempotency,
+    ListCursor,
+    MessageRange,
+    Store,
+    Summarized,
+    Truncated,
+)
 from memsvc.tokens import DEFAULT_ENCODING, Counters, EncodingName, TokenCounter
 
 _IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
@@ -49,6 +65,7 @@ to fill the budget with messages of this many tokens or more; shorter ones take 
 HEAD_PAGE: Final = 16
 """Messages per read of a long session's head, where the pinned system/developer run is."""
 MAX_PAGE: Final = 2000
+_stored_id = message_id  # (the methods' `message_id` parameters hide the function)
 
 
 def encode_cursor(position: ListCursor) -> str:
@@ -223,6 +240,40 @@ class AsyncMemoryManager:
         if version is None:
             raise SessionNotFound(session_id)
         return version
+
+    async def get_message(self, tenant: str, session_id: str, message_id: int) -> bytes:
+        """The stored message with this id, byte for byte as the list read answers it: the first message after
+        `message_id - 1`, if it is that one."""
+        require_session_id(session_id)
+        found = await self.store.get_messages(tenant, session_id, MessageRange(limit=1, after=message_id - 1))
+        if found is None:
+            raise SessionNotFound(session_id)
+        if found == b'[]' or _stored_id(found[1:-1]) != message_id:
+            raise MessageNotFound(session_id, message_id)
+        return found[1:-1]
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, *, expected_version: int | None = None
+    ) -> int:
+        """Remove one message (the summary stays); return the session's new version."""
+        require_session_id(session_id)
+        version = await self.store.delete_message(
+            tenant, session_id, message_id, utc_now(), expected_version=expected_version
+        )
+        if version is None:
+            raise SessionNotFound(session_id)
+        return version
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, *, expected_version: int | None = None
+    ) -> Truncated:
+        """Remove every message with an id above `after` (and the summary, if it covers one of them)."""
+        require_session_id(session_id)
+        now = utc_now()
+        done = await self.store.truncate_messages(tenant, session_id, after, now, expected_version=expected_version)
+        if done is None:
+            raise SessionNotFound(session_id)
+        return done
 
     async def set_summary(
         self,

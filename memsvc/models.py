@@ -207,6 +207,12 @@ class Success(TypedDict):
 
 
 @with_config(ConfigDict(extra='forbid'))
+class TruncatedBody(TypedDict):
+    success: Literal[True]
+    deleted: Annotated[int, Field(ge=0, description='how many messages were removed')]
+
+
+@with_config(ConfigDict(extra='forbid'))
 class Status(TypedDict):
     status: str
 

@@ -23,9 +23,10 @@ from memsvc.declare import (
     choice_query,
     int_query,
     nonblank_text_query,
+    parse_int,
     text_query,
 )
-from memsvc.errors import BackendUnavailable, ResponseTooLarge
+from memsvc.errors import BackendUnavailable, InvalidParameter, ResponseTooLarge
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.models import (
     ROLES,
@@ -43,6 +44,7 @@ from memsvc.models import (
     StoredSession,
     Success,
     SummaryBody,
+    TruncatedBody,
     json_array,
     require_session_id,
 )
@@ -298,16 +300,75 @@ async def add_messages(request: web.Request) -> web.Response:
     f'{SESSION}/messages',
     Operation(
         'clearMessages',
-        'Remove all messages; the session and its metadata stay',
-        {200: Reply(Success, 'cleared', (ETAG,))},
+        'Remove all messages, or with `after` every message after that id; the session and its metadata stay',
+        {200: Reply(Success | TruncatedBody, 'cleared; with `after`, how many were removed', (ETAG,))},
         errors=(400, 401, 404, 412),
-        params=(SESSION_ID, IF_MATCH),
+        params=(SESSION_ID, IF_MATCH, AFTER),
+        description='With `after` (edit and regenerate), the messages with a larger id go, and the summary if it '
+        'covers one of them; the next message still gets a new id, after the highest ever given. Without it, '
+        'every message and the summary go.',
     ),
 )
 async def clear_messages(request: web.Request) -> web.Response:
     session_id = SESSION_ID.get(request)
-    version = await request.app[MANAGER].clear_messages(
-        request[TENANT], session_id, expected_version=IF_MATCH.get(request)
+    after, expected = AFTER.get(request), IF_MATCH.get(request)
+    manager = request.app[MANAGER]
+    if after is None:
+        version = await manager.clear_messages(request[TENANT], session_id, expected_version=expected)
+        return web.Response(body=_SUCCESS, content_type='application/json', headers=_etag(version))
+    done = await manager.truncate_messages(request[TENANT], session_id, after, expected_version=expected)
+    return _json({'success': True, 'deleted': done.deleted}, headers=_etag(done.version))
+
+
+def _message_id(raw: str) -> int:
+    try:
+        return parse_int(raw, 1, MAX_ID)
+    except ValueError:
+        raise InvalidParameter('message_id', f'a message id is an integer from 1 to {MAX_ID}') from None
+
+
+MESSAGE = f'{SESSION}/messages/{{message_id:[^/]+}}'  # any segment reaches the handler, which answers 400 for a bad id
+MESSAGE_ID = PathParam(
+    'message_id',
+    '',
+    _message_id,
+    description='the message id',
+    schema={'type': 'integer', 'minimum': 1, 'maximum': MAX_ID},
+)
+
+
+@routes.get(
+    MESSAGE,
+    Operation(
+        'getMessage',
+        'One message, as the list of messages answers it',
+        {200: Reply(Message, 'the message')},
+        errors=(400, 401, 404),
+        params=(SESSION_ID, MESSAGE_ID),
+        description='404 `message_not_found` when the session stores no message with this id.',
+    ),
+)
+async def get_message(request: web.Request) -> web.Response:
+    session_id, message_id = SESSION_ID.get(request), MESSAGE_ID.get(request)
+    message = await request.app[MANAGER].get_message(request[TENANT], session_id, message_id)
+    return web.Response(body=message, content_type='application/json')
+
+
+@routes.delete(
+    MESSAGE,
+    Operation(
+        'deleteMessage',
+        'Remove one message; its id is never given again',
+        {200: Reply(Success, 'removed', (ETAG,))},
+        errors=(400, 401, 404, 412),
+        params=(SESSION_ID, MESSAGE_ID, IF_MATCH),
+        description='404 `message_not_found` when the session stores no message with this id. The summary stays.',
+    ),
+)
+async def delete_message(request: web.Request) -> web.Response:
+    session_id, message_id = SESSION_ID.get(request), MESSAGE_ID.get(request)
+    version = await request.app[MANAGER].delete_message(
+        request[TENANT], session_id, message_id, expected_version=IF_MATCH.get(request)
     )
     return web.Response(body=_SUCCESS, content_type='application/json', headers=_etag(version))
 

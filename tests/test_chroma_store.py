@@ -21,7 +21,7 @@ from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
 from memsvc.embeddings import Embedder
-from memsvc.errors import BackendUnavailable, NotSupported, SessionNotFound
+from memsvc.errors import BackendUnavailable, MessageNotFound, NotSupported, SessionNotFound
 from memsvc.models import SessionRecord, json_array, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
@@ -31,7 +31,7 @@ from memsvc.stores.chroma.codec import as_int
 from memsvc.stores.chroma.operations import Chroma
 from tests.chroma_server import ChromaServer
 from tests.conftest import key_prefix_for, make_settings
-from tests.helpers import body, contents, parsed
+from tests.helpers import body, contents, ids, parsed
 from tests.servers import clean_env, free_port
 
 T = 'default'
@@ -190,6 +190,37 @@ async def test_delete_clear_and_trim_remove_the_vectors(kind: str, request: pyte
         await store.append_messages(T, 'gone', [body('x')], utc_now())
         assert await store.delete_session(T, 'gone')
         assert await vectors_of(store, 'gone') == []
+
+
+async def test_a_deleted_or_truncated_message_leaves_chroma_and_search(store: Store) -> None:
+    texts = ['the cat sleeps on the sofa', 'stock prices fell sharply', 'a recipe for lemon cake', 'rain tomorrow']
+    await store.append_messages(T, 's', [body(text) for text in texts], utc_now())
+    assert await store.delete_message(T, 's', 2, utc_now())
+    assert await vectors_of(store, 's') == [1, 3, 4]
+    for session_id in ('s', None):  # the exact path of one session, and the index's
+        hits = await store.search(T, 'stock market crash', limit=5, session_id=session_id, role=None)
+        assert 'stock prices fell sharply' not in [orjson.loads(hit.message)['content'] for hit in hits]
+    truncated = await store.truncate_messages(T, 's', 1, utc_now())
+    assert truncated is not None
+    assert truncated.deleted == 2
+    assert await vectors_of(store, 's') == [1]
+    hits = await store.search(T, 'baking a dessert', limit=5, session_id=None, role=None)
+    assert [orjson.loads(hit.message)['id'] for hit in hits] == [1]
+
+
+async def test_a_vector_an_interrupted_delete_left_is_never_found_and_goes_on_the_next_delete(store: Store) -> None:
+    await store.append_messages(T, 's', [body('first'), body('the vector left behind'), body('third')], utc_now())
+    assert isinstance(store, ChromaStore)
+    row = await store._read(T, 's')
+    assert row is not None
+    await store._write(T, row.bumped(utc_now(), gaps=((2, 3),)))  # committed, then interrupted before the vector went
+    assert await vectors_of(store, 's') == [1, 2, 3]
+    hits = await store.search(T, 'the vector left behind', limit=5, session_id=None, role=None)
+    assert sorted(orjson.loads(hit.message)['id'] for hit in hits) == [1, 3]
+    assert ids(await store.get_messages(T, 's', MessageRange())) == [1, 3]
+    with pytest.raises(MessageNotFound):
+        await store.delete_message(T, 's', 2, utc_now())
+    assert await vectors_of(store, 's') == [1, 3]
 
 
 async def test_order_comes_from_the_stored_sequence(store: Store) -> None:

@@ -101,6 +101,13 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
     assert int(fields['updated_at']) == to_micros(created + timedelta(seconds=1))
     assert int(fields['next_id']) == 3
     assert await raw.lrange(msgs, 0, -1) == stored, 'the list holds exactly the bytes the store returned'
+    await store.append_messages(T, 's1', [body('c'), body('d')], utc_now())
+    await store.delete_message(T, 's1', 3, utc_now())
+    assert await raw.hget(meta, 'gaps') == b'3:4', 'a session with gaps has them in its meta'
+    await store.truncate_messages(T, 's1', 2, utc_now())
+    assert await raw.hget(meta, 'gaps') == b'3:5'
+    await store.clear_messages(T, 's1', utc_now())
+    assert await raw.hget(meta, 'gaps') is None
     record = hash_fields(await raw.hgetall(idem))
     assert sorted(record) == sorted(layout[4][2])
     assert record['fingerprint'] == idempotency.fingerprint.encode()

@@ -5,19 +5,23 @@ key; a request's size is bounded (messages per batch, content length, metadata k
 and message timestamps are assigned; an Idempotency-Key becomes a digest and a fingerprint of the request;
 listing cursors are encoded; a store's `None`/`False` becomes a domain error. The routes know HTTP.
 
-The stores keep the rules that depend on what is stored, because only there can a rule hold in the same
-atomic step as the write it guards, also between replicas sharing one backend (a check made by the manager
-before the write could be overtaken by another replica's write in between): message ids (consecutive in a
-session, never reused) and session versions, creating the session on its first append, the
-`expected_version` precondition (`check_version`), the `Limits` (trim or `SessionFull`;
-`SessionLimitReached`), the replay of a recorded Idempotency-Key (`IdempotencyKeyReused`), and, on Redis,
-the expiry of idle sessions. Two exceptions: on Redis Cluster a tenant's session count lives in another slot
-than the session, so near the limit concurrent creates can pass it together (see `RedisStore`); and Chroma,
-which has no transactions, holds these rules atomically within one memsvc process only, not between processes
-sharing a Chroma server (see `ChromaStore`).
+The stores keep the rules that depend on what is stored, because only there can a rule hold in the same atomic step
+as the write it guards, also between replicas sharing one backend (a check made by the manager before the write
+could be overtaken by another replica's write in between): message ids (ascending in a session and never reused,
+also after a message is deleted or the tail truncated: the next append continues after the highest id ever given;
+consecutive until a message is deleted, see `stores.gaps`) and session versions, creating the session on its first
+append, the `expected_version` precondition (`check_version`), the `Limits` (trim or `SessionFull`;
+`SessionLimitReached`), the replay of a recorded Idempotency-Key (`IdempotencyKeyReused`), and, on Redis, the
+expiry of idle sessions. Two exceptions: on Redis Cluster a tenant's session count lives in another slot than the
+session, so near the limit concurrent creates can pass it together (see `RedisStore`); and Chroma, which has no
+transactions, holds these rules atomically within one memsvc process only, not between processes sharing a Chroma
+server (see `ChromaStore`).
 
 A session's summary (`set_summary`) is part of the session: its writes bump the version, it is deleted and
-cleared with the messages (it covers messages that are gone) and it expires with them. Its `through_id` must
+cleared with the messages (it covers messages that are gone) and it expires with them. A truncation that removes
+a message the summary covers (`after < through_id`) removes the summary too: it summarises a history that was
+edited away. Deleting one message leaves the summary as it is (its `through_id` stays the boundary of what it
+covers, also when that message itself is deleted), and so does trimming to `max_messages`. Its `through_id` must
 name a stored message (`ThroughIdNotStored`), checked atomically with the write. Each message is stored with
 its `record` (`memsvc.context.record`: token count and kind, one int below 2**63, 0 for a message stored
 without one), which `get_counted_messages` hands back and trimming reads: trimming to `max_messages` never
@@ -131,6 +135,14 @@ Counted = tuple[bytes, int]
 """A stored message and its record (0: stored without one; the reader counts it)."""
 
 
+@dataclass(slots=True, frozen=True)
+class Truncated:
+    """What a truncation answers: how many messages it removed, and the session's new version."""
+
+    deleted: int
+    version: int
+
+
 class CountedPage(NamedTuple):
     messages: list[Counted]
     """The selected messages, oldest first."""
@@ -202,6 +214,18 @@ class Store(Protocol):
     ) -> int | None:
         """Remove every message and the summary, and return the new version; the session and its metadata
         stay. Ids are never reused."""
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        """Remove the message with id `message_id` (`MessageNotFound` if none is stored; checked after the version)
+        and return the new version; on a store with search its vector goes too. The summary stays."""
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
+    ) -> Truncated | None:
+        """Remove every message with an id above `after` (none: still a write, the version moves), and the summary
+        if it covers one of them (`through_id > after`). Ids are never reused."""
 
     async def set_summary(
         self,

@@ -15,7 +15,16 @@ from typing import TypeVar, cast
 from memsvc.errors import BackendUnavailable, MemsvcError, StoreTimeout
 from memsvc.metrics import Metrics
 from memsvc.models import SearchHit, SessionRecord, StoredSession
-from memsvc.stores.base import Appended, CountedPage, Idempotency, ListCursor, MessageRange, Store, Summarized
+from memsvc.stores.base import (
+    Appended,
+    CountedPage,
+    Idempotency,
+    ListCursor,
+    MessageRange,
+    Store,
+    Summarized,
+    Truncated,
+)
 
 T = TypeVar('T')
 
@@ -192,6 +201,18 @@ class InstrumentedStore:
     ) -> int | None:
         call = self.inner.clear_messages(tenant, session_id, now, expected_version=expected_version)
         return await self._call('clear_messages', call)
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        call = self.inner.delete_message(tenant, session_id, message_id, now, expected_version=expected_version)
+        return await self._call('delete_message', call)
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
+    ) -> Truncated | None:
+        call = self.inner.truncate_messages(tenant, session_id, after, now, expected_version=expected_version)
+        return await self._call('truncate_messages', call)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

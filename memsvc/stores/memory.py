@@ -2,8 +2,13 @@
 
 Not persistent, and one process only. Everything runs on the event loop without awaiting in the
 middle of a change, so every method is atomic by construction. A session's messages are kept as the
-bytes they were encoded to, in a `_Log`; their ids are consecutive (`first_id` is the id of the log's
-first message), so reads by id or from the end are slices. The listing is a sorted list of
+bytes they were encoded to, in a `_Log`; their ids are `first_id` (the id of the log's first message) to
+`next_id - 1` minus the session's `gaps` (`stores.gaps`: the ids deleted one by one or cut by a truncation),
+so reads by id or from the end are slices. The gaps are an empty tuple for a session that never lost a
+message in the middle, and consulted only when they are not: ids map to positions by arithmetic, as they did
+before messages could be deleted. A deleted message leaves the log (its bytes and its end offset), shifting
+the shorter side of the log, so that the log only ever holds messages and any run of them is still one slice.
+The listing is a sorted list of
 (updated_at, id), read from its end (newest first), so a page is a bisect and a slice; a write only notes
 that its session moved, and the next listing re-sorts the sessions that moved, so that an append does not
 pay for keeping the list sorted. Idempotency records live beside the sessions of their tenant, keyed by
@@ -22,11 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import orjson
 from sortedcontainers import SortedList
 
-from memsvc.context import kind_of, trim_count
+from memsvc.context import kind_of, message_id, trim_count
 from memsvc.errors import (
     IdempotencyKeyReused,
+    MessageNotFound,
     NotSupported,
     SessionFull,
     SessionLimitReached,
@@ -34,6 +41,7 @@ from memsvc.errors import (
     ThroughIdNotStored,
 )
 from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
+from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
@@ -42,6 +50,7 @@ from memsvc.stores.base import (
     ListCursor,
     MessageRange,
     Summarized,
+    Truncated,
     check_version,
     stored_kind,
 )
@@ -85,6 +94,30 @@ class _Log:
         del self.records[:count]
         self.dropped += cut
 
+    def remove(self, position: int) -> None:
+        """Remove the message at `position`. The end offsets of the shorter side move: those after it down by its
+        size, or those before it up by its size, with `dropped`, as if the bytes before it had been cut."""
+        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
+        size = self.ends[position] - self.dropped - start
+        del self.text[start : start + size]
+        ends = self.ends
+        if position >= len(ends) // 2:
+            tail = ends[position + 1 :]
+            del ends[position:]
+            ends.extend(end - size for end in tail)
+        else:
+            head = ends[:position]
+            del ends[: position + 1]
+            ends[0:0] = array('Q', [end + size for end in head])
+            self.dropped += size
+        del self.records[position]
+
+    def truncate(self, keep: int) -> None:
+        """Keep the oldest `keep` messages (at least one)."""
+        del self.text[self.ends[keep - 1] - self.dropped :]
+        del self.ends[keep:]
+        del self.records[keep:]
+
     def message(self, position: int) -> bytes:
         start = 0 if position == 0 else self.ends[position - 1] - self.dropped
         return bytes(self.text[start : self.ends[position] - self.dropped - 1])
@@ -113,6 +146,8 @@ class _Session:
     messages: _Log = field(default_factory=_Log)
     first_id: int = 1
     next_id: int = 1
+    gaps: ids.Gaps = ()
+    """The ids between `first_id` and `next_id` that are not stored (`stores.gaps`)."""
     summary: bytes = b''
     """As `set_summary` stored it; empty when none is set."""
     listed: ListCursor = (0, '')
@@ -203,14 +238,28 @@ class _Tenant:
 def _positions(session: _Session, selection: MessageRange) -> tuple[int, int]:
     """The log positions lo to hi - 1 that `selection` takes."""
     first, count = session.first_id, len(session.messages)
-    lo = 0 if selection.after is None else min(max(selection.after + 1 - first, 0), count)
-    hi = count if selection.before is None else min(max(selection.before - first, 0), count)
+    if session.gaps:
+        lo = 0 if selection.after is None else _below(session, selection.after + 1)
+        hi = count if selection.before is None else _below(session, selection.before)
+    else:
+        lo = 0 if selection.after is None else min(max(selection.after + 1 - first, 0), count)
+        hi = count if selection.before is None else min(max(selection.before - first, 0), count)
     if selection.limit is not None and hi - lo > selection.limit:
         if selection.after is None:
             lo = hi - selection.limit
         else:
             hi = lo + selection.limit
     return lo, hi
+
+
+def _below(session: _Session, x: int) -> int:
+    """How many stored messages have an id below `x`."""
+    return ids.stored_below(session.gaps, session.first_id, session.next_id, x)
+
+
+def _summary_covers(summary: bytes, after: int) -> bool:
+    """Whether a summary covers a message above `after` (one a truncation after `after` removes)."""
+    return bool(summary) and orjson.loads(summary)['through_id'] > after
 
 
 class MemoryStore:
@@ -317,7 +366,12 @@ class MemoryStore:
         if self._max_messages and excess > 0:
             excess = session.messages.trim_count(excess)
             session.messages.drop_oldest(excess)
-            session.first_id += excess
+            if session.gaps:
+                log = session.messages
+                session.first_id = message_id(log.message(0)) if len(log) else session.next_id
+                session.gaps = ids.trimmed(session.gaps, session.first_id)
+            else:
+                session.first_id += excess
         part.touch(session, now)
         appended = Appended(stored, session.version)
         part.record(session_id, idempotency, appended)
@@ -347,9 +401,46 @@ class MemoryStore:
         _check_version(session_id, session, expected_version)
         session.messages = _Log()
         session.first_id = session.next_id
+        session.gaps = ()
         session.summary = b''
         part.touch(session, now)
         return session.version
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        part = self._tenant(tenant)
+        session = part.sessions.get(session_id)
+        if session is None:
+            return None
+        _check_version(session_id, session, expected_version)
+        if not ids.holds(session.gaps, session.first_id, session.next_id, message_id):
+            raise MessageNotFound(session_id, message_id)
+        session.messages.remove(_below(session, message_id))
+        session.first_id, session.gaps = ids.deleted(session.gaps, session.first_id, message_id)
+        part.touch(session, now)
+        return session.version
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
+    ) -> Truncated | None:
+        part = self._tenant(tenant)
+        session = part.sessions.get(session_id)
+        if session is None:
+            return None
+        _check_version(session_id, session, expected_version)
+        log = session.messages
+        keep = _below(session, after + 1)
+        removed = len(log) - keep
+        if keep == 0:
+            session.messages = _Log()
+        elif removed:
+            log.truncate(keep)
+        session.first_id, session.gaps = ids.truncated(session.gaps, session.first_id, session.next_id, after)
+        if _summary_covers(session.summary, after):
+            session.summary = b''
+        part.touch(session, now)
+        return Truncated(removed, session.version)
 
     async def set_summary(
         self,
@@ -370,7 +461,7 @@ class MemoryStore:
         if session is None:
             return None
         _check_version(session_id, session, expected_version)
-        if not session.first_id <= through_id < session.first_id + len(session.messages):
+        if not ids.holds(session.gaps, session.first_id, session.next_id, through_id):
             raise ThroughIdNotStored(session_id, through_id)
         session.summary = summary
         part.touch(session, now)

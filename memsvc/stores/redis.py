@@ -9,14 +9,23 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
     {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
 
-The list always holds the consecutive ids `next_id - LLEN .. next_id - 1`, so the first id is derived,
-never stored: trimming to `MEMSVC_MAX_MESSAGES_PER_SESSION` and clearing keep ids stable and unique,
-and a read by id or from the end is one LRANGE. `counts` is aligned with the end of `msgs`: it holds a record
-for each of the last LLEN(counts) messages (messages stored before records were have none, and are counted
-when read); it is pushed, trimmed, cleared and deleted in the same scripts as `msgs`. Trimming never leaves
-a tool message first: the tool messages right after the cut go with it. The summary is cleared with the
-messages (it covers messages that are gone). An `:idem:` record is written by the write that carried an
-Idempotency-Key, in the same script, and lives for the key's own TTL. Nothing is cached in the process.
+`meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15).
+
+The list holds the ids `first .. next_id - 1` minus the session's gaps (`stores.gaps`: ids deleted one by one or
+cut by a truncation), and only real messages, so the first id is derived, never stored (`next_id - LLEN - the ids
+in the gaps`): trimming to `MEMSVC_MAX_MESSAGES_PER_SESSION`, deleting, truncating and clearing keep ids stable and
+unique, and a read by id or from the end is one LRANGE. Why gaps rather than tombstones in the list: the list then
+holds only messages, so the hot reads (the last N, a whole session) stay plain LRANGEs that need no filtering and
+answer exactly N real messages, and a session that never lost a message has no `gaps` field: every script maps ids
+to positions by arithmetic, as before. Only reads by id range, the summary's check and the edits read the gaps. A
+deleted message leaves the list (LSET to a marker, then LREM from the nearer end); a truncation is one LTRIM and
+one gap up to next_id, so that the next append continues after the highest id ever given. `counts` is aligned with
+the end of `msgs`: it holds a record for each of the last LLEN(counts) messages (messages stored before records
+were have none, and are counted when read); it is pushed, trimmed, cleared and deleted in the same scripts as
+`msgs`. Trimming never leaves a tool message first: the tool messages right after the cut go with it. The summary
+is cleared with the messages (it covers messages that are gone), and by a truncation below its `through_id`. An
+`:idem:` record is written by the write that carried an Idempotency-Key, in the same script, and lives for the
+key's own TTL. Nothing is cached in the process.
 
 Every write is one Lua script (`redis_scripts`) that creates the session if needed, takes ids, pushes,
 trims, bumps `updated_at` and `version`, and sets the idle TTL on all of the session's keys together — it
@@ -60,6 +69,7 @@ from typing import Any
 from memsvc.errors import (
     BackendUnavailable,
     IdempotencyKeyReused,
+    MessageNotFound,
     NotSupported,
     PreconditionFailed,
     SessionFull,
@@ -79,6 +89,7 @@ from memsvc.stores.base import (
     ListCursor,
     MessageRange,
     Summarized,
+    Truncated,
 )
 from memsvc.stores.redis_client import Client, masked_url
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS, Arg
@@ -544,6 +555,35 @@ class RedisStore:
         if self._index_beside:
             await self._touch_index(keys, session_id, int(updated_at))
         return int(version)
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        keys = self._keys(tenant)
+        session = self._session(keys, session_id, now, expected_version)
+        call = lua.DELETE_MESSAGE.bind(session, message_id=str(message_id))
+        status, rest = _answer(session_id, await self._redis.script(call))
+        if status == b'gone':
+            return None
+        if status == b'unknown':
+            raise MessageNotFound(session_id, message_id)
+        updated_at, version = rest
+        if self._index_beside:
+            await self._touch_index(keys, session_id, int(updated_at))
+        return int(version)
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
+    ) -> Truncated | None:
+        keys = self._keys(tenant)
+        session = self._session(keys, session_id, now, expected_version)
+        status, rest = _answer(session_id, await self._redis.script(lua.TRUNCATE.bind(session, after=str(after))))
+        if status == b'gone':
+            return None
+        deleted, updated_at, version = rest
+        if self._index_beside:
+            await self._touch_index(keys, session_id, int(updated_at))
+        return Truncated(int(deleted), int(version))
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

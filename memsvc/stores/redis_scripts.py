@@ -221,6 +221,46 @@ end
     args=('now', 'ttl', 'cutoff', 'session_id', 'expected', 'fingerprint', 'idem_ttl'),
 )
 
+# A session's gaps (`memsvc.stores.gaps`, whose text form `meta.gaps` holds, absent when there are none): the ids
+# between the first stored message and next_id that are not stored. The first id is derived, never stored:
+# next_id - LLEN(msgs) - missing(gaps).
+GAPS = """
+local function gaps_of(text)
+  local list = {}
+  if text then
+    for start, stop in string.gmatch(text, '(%d+):(%d+)') do list[#list + 1] = {tonumber(start), tonumber(stop)} end
+  end
+  return list
+end
+local function missing(list)
+  local total = 0
+  for _, gap in ipairs(list) do total = total + gap[2] - gap[1] end
+  return total
+end
+-- How many stored ids are below x (the position of x, when it is stored).
+local function stored_below(list, first, next_id, x)
+  if x <= first then return 0 end
+  if x > next_id then x = next_id end
+  local below = x - first
+  for _, gap in ipairs(list) do
+    if gap[1] >= x then break end
+    below = below - (math.min(gap[2], x) - gap[1])
+  end
+  return below
+end
+local function holds(list, first, next_id, x)
+  if x < first or x >= next_id then return false end
+  for _, gap in ipairs(list) do if gap[1] <= x and x < gap[2] then return false end end
+  return true
+end
+local function save_gaps(list)
+  if #list == 0 then redis.call('HDEL', meta, 'gaps') return end
+  local parts = {}
+  for i, gap in ipairs(list) do parts[i] = string.format('%d:%d', gap[1], gap[2]) end
+  redis.call('HSET', meta, 'gaps', table.concat(parts, ','))
+end
+"""
+
 # For the scripts that may create a session: false when one more would pass the tenant's limit, `max_sessions`
 # (0 = none). Only a single Redis checks it here; on Cluster the index is in another slot.
 ROOM = """
@@ -243,7 +283,7 @@ local function kind(position, offset)
   return 0
 end
 -- Trims the oldest messages down to `max` (and their records), and the tool messages right after the cut with
--- them, so that the session never starts with a tool message whose call went.
+-- them, so that the session never starts with a tool message whose call went. True when it cut.
 local function trim(max)
   local held = redis.call('LLEN', msgs)
   if held <= max then return end
@@ -252,6 +292,7 @@ local function trim(max)
   while cut < held and kind(cut, offset) == 2 do cut = cut + 1 end
   redis.call('LTRIM', msgs, cut, -1)
   redis.call('LTRIM', counts, math.max(cut - offset, 0), -1)
+  return true
 end
 """
 
@@ -262,12 +303,13 @@ APPEND = Script(
     'append',
     ROOM,
     TRIM,
+    GAPS,
     """
 local answer = recorded()
 if answer then return answer end
 local max = tonumber(max_messages)
 local count = (#ARGV - bodies_from + 1) / 2
-local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version', 'gaps')
 answer = stale(state[3])
 if answer then return answer end
 local next_id, updated = tonumber(state[1]), now
@@ -293,7 +335,12 @@ if #batch > 0 then redis.call('RPUSH', msgs, unpack(batch)) end
 for from = bodies_from + count, #ARGV, 1000 do
   redis.call('RPUSH', counts, unpack(ARGV, from, math.min(from + 999, #ARGV)))
 end
-if max > 0 then trim(max) end
+if max > 0 and trim(max) and state[4] then  -- the gaps below the new first message go
+  local head, kept = redis.call('LINDEX', msgs, 0), {}
+  local first = head and tonumber(string.match(head, '^{"id":(%d+),')) or next_id + count
+  for _, gap in ipairs(gaps_of(state[4])) do if gap[1] > first then kept[#kept + 1] = gap end end
+  save_gaps(kept)
+end
 redis.call('HSET', meta, 'next_id', string.format('%d', next_id + count), 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
@@ -354,6 +401,7 @@ if not state[1] then return {'gone'} end
 local answer = stale(state[1])
 if answer then return answer end
 redis.call('DEL', msgs, counts, summary)
+redis.call('HDEL', meta, 'gaps')
 local updated = later(state[2], now)
 redis.call('HSET', meta, 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
@@ -414,14 +462,21 @@ RANGE = """
 -- The positions lo to hi - 1 in `msgs` that `limit`, `before` and `after` select, and how many are held;
 -- nil when there is no session.
 local function range()
-  local next_id = redis.call('HGET', meta, 'next_id')
-  if not next_id then return nil end
-  local count = redis.call('LLEN', msgs)
-  local first = tonumber(next_id) - count
+  local state = redis.call('HMGET', meta, 'next_id', 'gaps')
+  if not state[1] then return nil end
+  local next_id, count = tonumber(state[1]), redis.call('LLEN', msgs)
   local limit_, before_, after_ = tonumber(limit), tonumber(before), tonumber(after)
   local lo, hi = 0, count
-  if after_ then lo = math.min(math.max(after_ + 1 - first, 0), count) end
-  if before_ then hi = math.min(math.max(before_ - first, 0), count) end
+  if state[2] then
+    local list = gaps_of(state[2])
+    local first = next_id - count - missing(list)
+    if after_ then lo = stored_below(list, first, next_id, after_ + 1) end
+    if before_ then hi = stored_below(list, first, next_id, before_) end
+  else
+    local first = next_id - count
+    if after_ then lo = math.min(math.max(after_ + 1 - first, 0), count) end
+    if before_ then hi = math.min(math.max(before_ - first, 0), count) end
+  end
   if limit_ and hi - lo > limit_ then
     if after_ then hi = lo + limit_ else lo = hi - limit_ end
   end
@@ -431,6 +486,7 @@ end
 
 GET_MESSAGES = Script(
     'get_messages',
+    GAPS,
     RANGE,
     """
 local lo, hi = range()
@@ -446,6 +502,7 @@ return redis.call('LRANGE', msgs, lo, hi - 1)
 # first ones have none (stored before records were; the caller counts those); false: no session.
 GET_COUNTED = Script(
     'get_counted',
+    GAPS,
     RANGE,
     """
 local lo, hi, held = range()
@@ -465,15 +522,16 @@ return {held, redis.call('LRANGE', msgs, lo, hi - 1), records}
 # then the summary, on two lines.
 SET_SUMMARY = Script(
     'set_summary',
+    GAPS,
     """
 local answer = recorded()
 if answer then return answer end
-local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version')
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version', 'gaps')
 if not state[1] then return {'gone'} end
 answer = stale(state[3])
 if answer then return answer end
-local through, next_id = tonumber(through_id), tonumber(state[1])
-if through >= next_id or through < next_id - redis.call('LLEN', msgs) then return {'unknown'} end
+local through, next_id, list = tonumber(through_id), tonumber(state[1]), gaps_of(state[4])
+if not holds(list, next_id - redis.call('LLEN', msgs) - missing(list), next_id, through) then return {'unknown'} end
 redis.call('SET', summary, text)
 local updated = later(state[2], now)
 redis.call('HSET', meta, 'updated_at', updated)
@@ -505,4 +563,99 @@ record(tostring(version))
 return {'ok', updated, version}
 """,
     prefix=SESSION,
+)
+
+# The bump every message edit ends with: 'ok', then `extra`, updated_at, version.
+BUMP = """
+local function bumped(state_updated, extra)
+  local updated = later(state_updated, now)
+  redis.call('HSET', meta, 'updated_at', updated)
+  local version = redis.call('HINCRBY', meta, 'version', 1)
+  refresh(updated)
+  if extra then return {'ok', extra, updated, version} end
+  return {'ok', updated, version}
+end
+"""
+
+# Removes the message `message_id` and its record from the lists (LSET to a byte no message or record is, then
+# LREM of it from the nearer end: O(distance to that end)) and notes its id in the gaps. The summary stays.
+# 'ok', updated_at, version; or 'gone', 'stale', 'unknown' (no such message).
+DELETE_MESSAGE = Script(
+    'delete_message',
+    GAPS,
+    BUMP,
+    """
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version', 'gaps')
+if not state[1] then return {'gone'} end
+local answer = stale(state[3])
+if answer then return answer end
+local next_id, x, list = tonumber(state[1]), tonumber(message_id), gaps_of(state[4])
+local held = redis.call('LLEN', msgs)
+local first = next_id - held - missing(list)
+if not holds(list, first, next_id, x) then return {'unknown'} end
+local function remove(key, position, length)
+  redis.call('LSET', key, position, '\\0')
+  redis.call('LREM', key, position < length / 2 and 1 or -1, '\\0')
+end
+local position = stored_below(list, first, next_id, x)
+local records = redis.call('LLEN', counts)
+remove(msgs, position, held)
+if position >= held - records then remove(counts, position - (held - records), records) end
+if x == first then  -- the next stored message becomes the first: a gap right after it is no gap any more
+  if list[1] and list[1][1] == x + 1 then table.remove(list, 1) end
+else
+  local merged, start, stop = {}, x, x + 1
+  for _, gap in ipairs(list) do
+    if gap[2] == start then start = gap[1] elseif gap[1] == stop then stop = gap[2] else merged[#merged + 1] = gap end
+  end
+  merged[#merged + 1] = {start, stop}
+  table.sort(merged, function(a, b) return a[1] < b[1] end)
+  list = merged
+end
+save_gaps(list)
+return bumped(state[2])
+""",
+    prefix=SESSION,
+    args=('message_id',),
+)
+
+# Removes every message above `after` with its record; the gap up to next_id keeps ids from being given again. The
+# summary goes if it covers a removed message (through_id > after). 'ok', how many went, updated_at, version; or
+# 'gone', 'stale'.
+TRUNCATE = Script(
+    'truncate',
+    GAPS,
+    BUMP,
+    """
+local state = redis.call('HMGET', meta, 'next_id', 'updated_at', 'version', 'gaps')
+if not state[1] then return {'gone'} end
+local answer = stale(state[3])
+if answer then return answer end
+local next_id, cut, list = tonumber(state[1]), tonumber(after), gaps_of(state[4])
+local held = redis.call('LLEN', msgs)
+local keep = stored_below(list, next_id - held - missing(list), next_id, cut + 1)
+local kept = {}
+if keep == 0 then
+  redis.call('DEL', msgs, counts)
+else
+  if keep < held then
+    local records = redis.call('LLEN', counts) - (held - keep)
+    redis.call('LTRIM', msgs, 0, keep - 1)
+    if records > 0 then redis.call('LTRIM', counts, 0, records - 1) else redis.call('DEL', counts) end
+  end
+  for _, gap in ipairs(list) do
+    if gap[1] <= cut then kept[#kept + 1] = {gap[1], math.min(gap[2], cut + 1)} end
+  end
+  if cut + 1 < next_id then
+    local last = kept[#kept]
+    if last and last[2] == cut + 1 then last[2] = next_id else kept[#kept + 1] = {cut + 1, next_id} end
+  end
+end
+save_gaps(kept)
+local text = redis.call('GET', summary)
+if text and tonumber(cjson.decode(text)['through_id']) > cut then redis.call('DEL', summary) end
+return bumped(state[2], held - keep)
+""",
+    prefix=SESSION,
+    args=('after',),
 )

@@ -5,7 +5,8 @@ Two collections per `MEMSVC_KEY_PREFIX` `p` (so deployments, and tests, sharing 
     {p}-sessions   one record per session, id `<tenant>/<session id>`, a 1-dimensional placeholder vector;
                    metadata: tenant, session_id, created_at and updated_at (µs since the epoch), metadata (the
                    session's metadata, JSON-encoded into one string), first_id, next_id, version, summary (as the
-                   API answers it; '' or absent: none).
+                   API answers it; '' or absent: none), gaps (`stores.gaps`: the ids between first_id and next_id
+                   that are not stored, e.g. "6:11,15:16"; '' or absent: none).
                    Also one record per Idempotency-Key, id `idempotency:<tenant>/<session id>/<key digest>`,
                    metadata: idem_tenant, idem_session, fingerprint, expires (µs) and the recorded result. It has
                    no `tenant` key, so listings never see it.
@@ -23,7 +24,7 @@ with more than 5,461 keys or list elements cannot happen whatever a client sends
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -34,6 +35,7 @@ import orjson
 
 from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import SessionRecord, from_micros, to_micros, utc_now
+from memsvc.stores import gaps as ids
 from memsvc.stores.base import Idempotency
 
 Meta = Mapping[str, object]
@@ -102,13 +104,26 @@ def as_int(value: object) -> int:
 
 @dataclass(slots=True, frozen=True)
 class SessionRow:
-    """A session record: the session and its range of message ids, `first_id .. next_id - 1`."""
+    """A session record: the session and its message ids, `first_id .. next_id - 1` but its `gaps`."""
 
     record: SessionRecord
     first_id: int
     next_id: int
     summary: str = ''
     """As `set_summary` stored it; empty: none."""
+    gaps: ids.Gaps = ()
+
+    @property
+    def count(self) -> int:
+        """How many messages it stores."""
+        return self.next_id - self.first_id - ids.missing(self.gaps)
+
+    def holds(self, message_id: int) -> bool:
+        return ids.holds(self.gaps, self.first_id, self.next_id, message_id)
+
+    def stored_ids(self, lo: int, hi: int) -> Iterator[int]:
+        """Its stored ids from `lo` to `hi - 1`."""
+        return ids.stored_ids(self.gaps, max(lo, self.first_id), min(hi, self.next_id))
 
     @classmethod
     def new(cls, record: SessionRecord) -> 'SessionRow':
@@ -123,6 +138,7 @@ class SessionRow:
         first_id: int | None = None,
         next_id: int | None = None,
         summary: str | None = None,
+        gaps: ids.Gaps | None = None,
     ) -> 'SessionRow':
         """The row after a write at `now`: the next version, `updated_at` never earlier than it was."""
         old = self.record
@@ -138,6 +154,7 @@ class SessionRow:
             self.first_id if first_id is None else first_id,
             self.next_id if next_id is None else next_id,
             self.summary if summary is None else summary,
+            self.gaps if gaps is None else gaps,
         )
 
     def metadata(self, tenant: str) -> dict[str, str | int]:
@@ -152,6 +169,7 @@ class SessionRow:
             'next_id': self.next_id,
             'version': record.version,
             'summary': self.summary,
+            'gaps': ids.format(self.gaps),
         }
 
     @classmethod
@@ -163,7 +181,8 @@ class SessionRow:
             metadata=str(meta['metadata']).encode(),
             version=as_int(meta['version']),
         )
-        return cls(record, as_int(meta['first_id']), as_int(meta['next_id']), str(meta.get('summary') or ''))
+        first_id, next_id = as_int(meta['first_id']), as_int(meta['next_id'])
+        return cls(record, first_id, next_id, str(meta.get('summary') or ''), ids.parse(str(meta.get('gaps') or '')))
 
 
 @dataclass(slots=True, frozen=True)

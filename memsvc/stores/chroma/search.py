@@ -4,7 +4,8 @@ Chroma's metadata filters are slow on a large collection, far slower than an unf
 neither path uses one when it can help it: a session of up to `EXACT_SEARCH_MAX` messages is scored exactly from its
 own vectors, fetched by id; a search of all sessions asks the index for more neighbours than needed and keeps the
 tenant's, and only falls back to a filtered query when that finds too few (a small tenant among large ones). Only
-messages inside a live session's range are answered, so an interrupted delete or clear never shows ghosts.
+messages a live session stores (inside its range, outside its gaps) are answered, so an interrupted delete, clear
+or truncation never shows ghosts.
 """
 
 import heapq
@@ -42,7 +43,7 @@ class Search:
     ) -> list[SearchHit]:
         """The best `limit` messages for the query's `vector`, of `session` (None: of every session of the tenant)
         and of `role` (None: any)."""
-        if session is not None and session.next_id - session.first_id <= EXACT_SEARCH_MAX:
+        if session is not None and session.count <= EXACT_SEARCH_MAX:
             return await self._exact(tenant, session, vector, limit, role)
         want = limit + SEARCH_MARGIN
         while session is None and want <= UNFILTERED_MAX:
@@ -63,7 +64,7 @@ class Search:
     ) -> list[SearchHit]:
         """Every message of the session scored against `vector` (all vectors are unit length: cosine = dot)."""
         sid = session.record.id
-        ids = [message_record_id(tenant, sid, seq) for seq in range(session.first_id, session.next_id)]
+        ids = [message_record_id(tenant, sid, seq) for seq in session.stored_ids(session.first_id, session.next_id)]
         scored: list[tuple[float, int, Meta, str | None]] = []
         for chunk in chunks(ids):
             found = await self._run(
@@ -96,14 +97,12 @@ class Search:
         records = await self._run(
             Chroma.get, self._layout.sessions, ids=[session_record_id(tenant, sid) for sid in session_ids]
         )
-        ranges = {
-            row.record.id: (row.first_id, row.next_id) for row in map(SessionRow.from_metadata, records.metadatas)
-        }
+        rows = {row.record.id: row for row in map(SessionRow.from_metadata, records.metadatas)}
         hits = []
         for meta, document, distance in mine:
             sid = str(meta['session_id'])
             seq, message, _ = join_message(meta, document)
-            first, end = ranges.get(sid, (0, 0))
-            if first <= seq < end:
+            row = rows.get(sid)
+            if row is not None and row.holds(seq):
                 hits.append(SearchHit(sid, message, 1.0 - distance))
         return hits[:limit], exhausted

@@ -2,13 +2,17 @@
 
 The record layout is in `codec.py`; how calls reach Chroma, in `transport.py`.
 
-The session record is the commit point. A session's messages are exactly the ids `first_id .. next_id - 1`, read
-by id and ordered by their stored sequence number, never by the order Chroma returns; clearing moves `first_id`
-to `next_id`. An append writes (upserts) the message records first and then the session record, so a failure in
-between leaves records outside the range that no read or search returns and the next append overwrites. Delete
-and clear commit on the session record first and then remove the message vectors; search returns only hits
-inside a live session's range, so an interrupted delete never shows ghosts, and the next DELETE of the id (even
-one that answers 404) or its re-creation removes what was left.
+The session record is the commit point. A session's messages are exactly the ids `first_id .. next_id - 1` but the
+row's gaps (`stores.gaps`: ids deleted one by one or cut by a truncation), read by id (only stored ids are asked
+for) and ordered by their stored sequence number, never by the order Chroma returns; clearing moves `first_id` to
+`next_id`. Deleting a message or truncating commits on the session record (its gaps) first and then removes the
+vectors, so search never finds a removed message; a vector an interrupted delete left is outside the stored ids,
+and the next DELETE of that message (even one answering 404), a truncation or a clear removes it. An append writes
+(upserts) the message records first and then the session record, so a failure in between leaves records outside the
+range that no read or search returns and the next append overwrites. Delete and clear commit on the session record
+first and then remove the message vectors; search returns only hits inside a live session's range, so an
+interrupted delete never shows ghosts, and the next DELETE of the id (even one that answers 404) or its re-creation
+removes what was left.
 
 Atomicity: Chroma has no transactions or compare-and-set. Inside one process every write to a session holds an
 asyncio lock of its own (per tenant and session), so all contract guarantees hold for one process. Across
@@ -29,6 +33,7 @@ transport. A write, once started, runs to its end even if its request is cancell
 
 import asyncio
 import functools
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +46,7 @@ from memsvc.context import RESULT
 from memsvc.errors import (
     BackendUnavailable,
     IdempotencyKeyReused,
+    MessageNotFound,
     SessionFull,
     SessionLimitReached,
     SessionNotFound,
@@ -49,6 +55,7 @@ from memsvc.errors import (
 )
 from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, utc_now, with_id
 from memsvc.settings import Settings
+from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
@@ -57,6 +64,7 @@ from memsvc.stores.base import (
     ListCursor,
     MessageRange,
     Summarized,
+    Truncated,
     check_version,
     stored_kind,
 )
@@ -178,21 +186,22 @@ class ChromaStore:
             metadatas=[row.metadata(tenant)],
         )
 
-    async def _delete_messages(self, tenant: str, session_id: str, below: int | None = None) -> None:
+    async def _delete_messages(
+        self, tenant: str, session_id: str, below: int | None = None, above: int | None = None
+    ) -> None:
         clauses: list[Where] = [{'tenant': tenant}, {'session_id': session_id}]
         if below is not None:
             clauses.append({'seq': {'$lt': below}})
+        if above is not None:
+            clauses.append({'seq': {'$gt': above}})
         await self._chroma(Chroma.delete, self._layout.messages, where=where(*clauses))
 
     async def _counted_of(self, tenant: str, row: SessionRow, lo: int, hi: int) -> list[tuple[int, bytes, int]]:
         """(id, message, record) of the messages with ids lo .. hi - 1 (clipped to the session's range), oldest
         first."""
-        lo, hi = max(lo, row.first_id), min(hi, row.next_id)
-        if lo >= hi:
-            return []
-        ids = [message_record_id(tenant, row.record.id, seq) for seq in range(lo, hi)]
+        record_ids = [message_record_id(tenant, row.record.id, seq) for seq in row.stored_ids(lo, hi)]
         rows: list[tuple[int, bytes, int]] = []
-        for chunk in chunks(ids):
+        for chunk in chunks(record_ids):
             found = await self._chroma(Chroma.get, self._layout.messages, ids=chunk, include=('metadatas', 'documents'))
             rows.extend(join_message(meta, doc) for meta, doc in zip(found.metadatas, found.documents, strict=True))
         rows.sort(key=lambda row: row[0])
@@ -203,16 +212,21 @@ class ChromaStore:
         return [message for _, message, _ in await self._counted_of(tenant, row, lo, hi)]
 
     async def _trim_start(self, tenant: str, row: SessionRow, cut: int, first_new: int, kinds: list[int]) -> int:
-        """The first id to keep when trimming below `cut`: past the tool messages from `cut` on, whose call goes.
-        `kinds` are those of the messages being appended (ids from `first_new`); older ones are read by role."""
+        """The first id to keep when trimming below `cut` (a stored id): past the tool messages from `cut` on, whose
+        call goes. `kinds` are those of the messages being appended (ids from `first_new`); older ones are read by
+        role."""
         while cut < first_new:
-            ids = [message_record_id(tenant, row.record.id, seq) for seq in range(cut, min(cut + 16, first_new))]
-            found = await self._chroma(Chroma.get, self._layout.messages, ids=ids)
+            seqs = list(itertools.islice(row.stored_ids(cut, first_new), 16))
+            if not seqs:
+                cut = first_new
+                break
+            record_ids = [message_record_id(tenant, row.record.id, seq) for seq in seqs]
+            found = await self._chroma(Chroma.get, self._layout.messages, ids=record_ids)
             roles = {as_int(meta['seq']): meta['role'] for meta in found.metadatas}
-            for seq in range(cut, cut + len(ids)):
+            for seq in seqs:
                 if roles.get(seq) != 'tool':
                     return seq
-            cut += len(ids)
+            cut = seqs[-1] + 1
         while cut - first_new < len(kinds) and kinds[cut - first_new] == RESULT:
             cut += 1
         return cut
@@ -400,7 +414,7 @@ class ChromaStore:
                 SessionRecord(id=session_id, created_at=now, updated_at=now, metadata=b'{}', version=0)
             )
         limits = self._limits
-        if limits.reject_full and row.next_id - row.first_id + len(bodies) > limits.max_messages > 0:
+        if limits.reject_full and row.count + len(bodies) > limits.max_messages > 0:
             raise SessionFull(session_id, limits.max_messages)
         first_new, attempt = row.next_id, uuid.uuid4().hex
         stored = [with_id(seq, body) for seq, body in enumerate(bodies, first_new)]
@@ -416,11 +430,13 @@ class ChromaStore:
                 metadatas=records.metadatas[start:end],
             )
         next_id = first_new + len(stored)
-        first_id = row.first_id
-        if limits.max_messages and next_id - first_id > limits.max_messages:
+        first_id, gaps = row.first_id, row.gaps
+        if limits.max_messages and row.count + len(stored) > limits.max_messages:
             kinds = [stored_kind(message, count) for message, count in zip(stored, counts, strict=True)]
-            first_id = await self._trim_start(tenant, row, next_id - limits.max_messages, first_new, kinds)
-        updated = row.bumped(now, first_id=first_id, next_id=next_id)
+            cut = ids.id_at(gaps, first_id, row.count + len(stored) - limits.max_messages)
+            first_id = await self._trim_start(tenant, row, cut, first_new, kinds)
+            gaps = ids.trimmed(gaps, first_id)
+        updated = row.bumped(now, first_id=first_id, next_id=next_id, gaps=gaps)
         version = updated.record.version
         await self._record(
             tenant, session_id, idempotency, first_id=first_new, count=len(stored), version=version, attempt=attempt
@@ -441,7 +457,7 @@ class ChromaStore:
         if row is None:
             return None
         counted = await self._counted_of(tenant, row, *_ids(row, selection))
-        return CountedPage([(message, count) for _, message, count in counted], row.next_id - row.first_id)
+        return CountedPage([(message, count) for _, message, count in counted], row.count)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
@@ -455,10 +471,53 @@ class ChromaStore:
         if row is None:
             return None
         check_version(session_id, row.record.version, expected_version)
-        cleared = row.bumped(now, first_id=row.next_id, summary='')
+        cleared = row.bumped(now, first_id=row.next_id, summary='', gaps=())
         await self._write(tenant, cleared)
         await self._delete_messages(tenant, session_id, below=row.next_id)
         return cleared.record.version
+
+    async def delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
+    ) -> int | None:
+        return await self._locked(tenant, session_id, self._delete_message, message_id, now, expected_version)
+
+    async def _delete_message(
+        self, tenant: str, session_id: str, message_id: int, now: datetime, expected_version: int | None
+    ) -> int | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        check_version(session_id, row.record.version, expected_version)
+        record_id = message_record_id(tenant, session_id, message_id)
+        if not row.holds(message_id):
+            if row.first_id <= message_id < row.next_id:  # a gap: whatever an interrupted delete left behind
+                await self._chroma(Chroma.delete, self._layout.messages, ids=[record_id])
+            raise MessageNotFound(session_id, message_id)
+        first_id, gaps = ids.deleted(row.gaps, row.first_id, message_id)
+        updated = row.bumped(now, first_id=first_id, gaps=gaps)
+        await self._write(tenant, updated)
+        await self._chroma(Chroma.delete, self._layout.messages, ids=[record_id])
+        return updated.record.version
+
+    async def truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
+    ) -> Truncated | None:
+        return await self._locked(tenant, session_id, self._truncate_messages, after, now, expected_version)
+
+    async def _truncate_messages(
+        self, tenant: str, session_id: str, after: int, now: datetime, expected_version: int | None
+    ) -> Truncated | None:
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        check_version(session_id, row.record.version, expected_version)
+        removed = row.count - ids.stored_below(row.gaps, row.first_id, row.next_id, after + 1)
+        first_id, gaps = ids.truncated(row.gaps, row.first_id, row.next_id, after)
+        covered = bool(row.summary) and orjson.loads(row.summary)['through_id'] > after
+        updated = row.bumped(now, first_id=first_id, gaps=gaps, summary='' if covered else None)
+        await self._write(tenant, updated)
+        await self._delete_messages(tenant, session_id, above=after)  # also what an interrupted one left
+        return Truncated(removed, updated.record.version)
 
     async def set_summary(
         self,
@@ -510,7 +569,7 @@ class ChromaStore:
         if through_id is None:
             if not row.summary:
                 raise SummaryNotFound(session_id)
-        elif not row.first_id <= through_id < row.next_id:
+        elif not row.holds(through_id):
             raise ThroughIdNotStored(session_id, through_id)
         updated = row.bumped(now, summary=summary.decode())
         await self._write(tenant, updated)
@@ -540,7 +599,9 @@ class ChromaStore:
 
 
 def _ids(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
-    """The message ids lo .. hi - 1 that `selection` takes."""
+    """The message ids lo .. hi - 1 that `selection` takes (of which the row's gaps are not stored)."""
+    if row.gaps:
+        return _ids_across_gaps(row, selection)
     lo = row.first_id if selection.after is None else max(selection.after + 1, row.first_id)
     hi = row.next_id if selection.before is None else min(selection.before, row.next_id)
     if selection.limit is not None and hi - lo > selection.limit:
@@ -549,3 +610,18 @@ def _ids(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
         else:
             hi = lo + selection.limit
     return lo, hi
+
+
+def _ids_across_gaps(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
+    """As `_ids`, counting stored messages by position, so that `limit` takes that many stored ones."""
+    gaps, first, next_id = row.gaps, row.first_id, row.next_id
+    lo = 0 if selection.after is None else ids.stored_below(gaps, first, next_id, selection.after + 1)
+    hi = row.count if selection.before is None else ids.stored_below(gaps, first, next_id, selection.before)
+    if selection.limit is not None and hi - lo > selection.limit:
+        if selection.after is None:
+            lo = hi - selection.limit
+        else:
+            hi = lo + selection.limit
+    if lo >= hi:
+        return 0, 0
+    return ids.id_at(gaps, first, lo), ids.id_at(gaps, first, hi - 1) + 1
