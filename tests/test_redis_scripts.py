@@ -5,7 +5,7 @@ import re
 import pytest
 
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.redis_scripts import Arg, Prefix, Script
+from memsvc.stores.redis_lua import Arg, Prefix, Script
 
 SCRIPTS = [value for value in vars(lua).values() if isinstance(value, Script)]
 

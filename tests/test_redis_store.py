@@ -18,8 +18,8 @@ from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import Idempotency
-from memsvc.stores.redis import RedisKeys
 from memsvc.stores.redis_client import Client, create_client, masked_url
+from memsvc.stores.redis_reads import RedisKeys
 from tests.conftest import make_settings
 from tests.helpers import body, ids, parsed
 from tests.servers import free_port

@@ -2,7 +2,7 @@
 
 Not persistent, and one process only. Everything runs on the event loop without awaiting in the
 middle of a change, so every method is atomic by construction. A session's messages are kept as the
-bytes they were encoded to, in a `_Log`; their ids are `first_id` (the id of the log's first message) to
+bytes they were encoded to, in a `MessageLog`; their ids are `first_id` (the id of the log's first message) to
 `next_id - 1` minus the session's `gaps` (`stores.gaps`: the ids deleted one by one or cut by a truncation),
 so reads by id or from the end are slices. The gaps are an empty tuple for a session that never lost a
 message in the middle, and consulted only when they are not: ids map to positions by arithmetic, as they did
@@ -16,13 +16,12 @@ pay for keeping the list sorted. Idempotency records live beside the sessions of
 
 What is held is kept out of the way of Python's cyclic garbage collector, whose full passes visit every
 object a tracked container refers to, and come each time the tracked objects have grown by a quarter:
-a session is two tracked objects (`_Session`, `_Log`), whatever it holds, so a pass costs per session,
+a session is two tracked objects (`_Session`, `MessageLog`), whatever it holds, so a pass costs per session,
 not per message (a list of bytes per session would have the pass read the header of every message,
 a pause that shows in the tail latency of every request).
 """
 
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +29,7 @@ from datetime import datetime
 import orjson
 from sortedcontainers import SortedList
 
-from memsvc.context import kind_of, message_id, trim_count
+from memsvc.context import message_id
 from memsvc.errors import (
     IdempotencyKeyReused,
     MessageNotFound,
@@ -52,88 +51,8 @@ from memsvc.stores.base import (
     Summarized,
     Truncated,
     check_version,
-    stored_kind,
 )
-
-
-class _Log:
-    """A session's messages, oldest first, each followed by a comma in one bytearray, and where each ends.
-
-    Neither is a container the garbage collector looks into, and any run of messages is a JSON array with
-    one copy of their bytes.
-    """
-
-    __slots__ = ('dropped', 'ends', 'records', 'text')
-
-    def __init__(self) -> None:
-        self.text = bytearray()
-        self.ends = array('Q')
-        """Where each message's comma ends, counted from the start of everything this log has held."""
-        self.dropped = 0
-        """Bytes cut from the front of `text` (by `drop_oldest`)."""
-        self.records = array('Q')
-        """Each message's record, parallel to `ends`."""
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def extend(self, messages: list[bytes], records: Sequence[int] | None) -> None:
-        self.records.extend(records if records is not None else [0] * len(messages))
-        ends, end = self.ends, self.dropped + len(self.text)
-        for message in messages:
-            end += len(message) + 1
-            ends.append(end)
-        # The messages in one addition: the buffer grows (and may move) once per append rather than once
-        # per message, whose many sizes would leave the heap fragmented (more memory per stored message).
-        self.text += b','.join(messages) + b','
-
-    def drop_oldest(self, count: int) -> None:
-        cut = self.ends[count - 1] - self.dropped
-        del self.text[:cut]  # O(1): a bytearray moves its start rather than its contents
-        del self.ends[:count]
-        del self.records[:count]
-        self.dropped += cut
-
-    def remove(self, position: int) -> None:
-        """Remove the message at `position`. The end offsets of the shorter side move: those after it down by its
-        size, or those before it up by its size, with `dropped`, as if the bytes before it had been cut."""
-        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
-        size = self.ends[position] - self.dropped - start
-        del self.text[start : start + size]
-        ends = self.ends
-        if position >= len(ends) // 2:
-            tail = ends[position + 1 :]
-            del ends[position:]
-            ends.extend(end - size for end in tail)
-        else:
-            head = ends[:position]
-            del ends[: position + 1]
-            ends[0:0] = array('Q', [end + size for end in head])
-            self.dropped += size
-        del self.records[position]
-
-    def truncate(self, keep: int) -> None:
-        """Keep the oldest `keep` messages (at least one)."""
-        del self.text[self.ends[keep - 1] - self.dropped :]
-        del self.ends[keep:]
-        del self.records[keep:]
-
-    def message(self, position: int) -> bytes:
-        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
-        return bytes(self.text[start : self.ends[position] - self.dropped - 1])
-
-    def trim_count(self, at_least: int) -> int:
-        """How many of the oldest messages to drop: `at_least`, and the tool messages right after them."""
-        records = self.records
-        kinds = (kind_of(records[n]) if records[n] else stored_kind(self.message(n), 0) for n in range(len(records)))
-        return trim_count(kinds, at_least)
-
-    def json_array(self, lo: int, hi: int) -> bytes:
-        """The messages at positions lo to hi - 1, as a JSON array."""
-        if lo >= hi:
-            return b'[]'
-        start = 0 if lo == 0 else self.ends[lo - 1] - self.dropped
-        return b'[' + self.text[start : self.ends[hi - 1] - self.dropped - 1] + b']'
+from memsvc.stores.memory_log import MessageLog
 
 
 @dataclass(slots=True)
@@ -143,7 +62,7 @@ class _Session:
     updated_at: datetime
     metadata: bytes
     version: int
-    messages: _Log = field(default_factory=_Log)
+    messages: MessageLog = field(default_factory=MessageLog)
     first_id: int = 1
     next_id: int = 1
     gaps: ids.Gaps = ()
@@ -399,7 +318,7 @@ class MemoryStore:
         if session is None:
             return None
         _check_version(session_id, session, expected_version)
-        session.messages = _Log()
+        session.messages = MessageLog()
         session.first_id = session.next_id
         session.gaps = ()
         session.summary = b''
@@ -433,7 +352,7 @@ class MemoryStore:
         keep = _below(session, after + 1)
         removed = len(log) - keep
         if keep == 0:
-            session.messages = _Log()
+            session.messages = MessageLog()
         elif removed:
             log.truncate(keep)
         session.first_id, session.gaps = ids.truncated(session.gaps, session.first_id, session.next_id, after)

@@ -51,10 +51,7 @@ Expired sessions leave the listing: the listing reads each candidate's meta, ski
 than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
 last write.
 
-Reads are plain commands, which cost redis-server less CPU than a script doing the same reads: the last N
-messages are one LRANGE (with EXISTS in a MULTI/EXEC only when the list is empty, to tell an empty session
-from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE. A read by id range (before/after) runs
-GET_MESSAGES.
+The reads (key names, sessions, the listing, messages, the summary) are in `redis_reads`.
 
 Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
 a page of the listing 2 (index, then the sessions' reads; +1 when it removes dead entries); PATCH 2
@@ -77,22 +74,21 @@ from memsvc.errors import (
     SummaryNotFound,
     ThroughIdNotStored,
 )
-from memsvc.models import SearchHit, SessionRecord, StoredSession, from_micros, json_array, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import (
     ANY_VERSION,
     Appended,
-    CountedPage,
     Idempotency,
     Limits,
-    ListCursor,
-    MessageRange,
     Summarized,
     Truncated,
 )
 from memsvc.stores.redis_client import Client, masked_url
-from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS, Arg
+from memsvc.stores.redis_lua import Arg
+from memsvc.stores.redis_reads import RedisKeys, RedisReads, as_bytes, session_record
+from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
 from memsvc.stores.redis_transport import transport_for
 
 _CAS_ATTEMPTS = 100
@@ -101,43 +97,6 @@ _SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session'})
 the instrumented store puts no timer of its own around them. That deadline bounds each batch sent, not the
 operation: append_messages and get_session send one batch; get_messages on an empty list sends a second (EXISTS
 with LRANGE, to tell an empty session from a missing one), so that read may take up to two deadlines."""
-
-
-class RedisKeys:
-    """The one place key names are built."""
-
-    __slots__ = ('prefix', 'tenant')
-
-    def __init__(self, prefix: str, tenant: str) -> None:
-        if any(c in tenant for c in '{}'):
-            raise ValueError(f'tenant {tenant!r} cannot be part of a Redis key')
-        self.prefix, self.tenant = prefix, tenant
-
-    def meta(self, session_id: str) -> str:
-        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:meta'
-
-    def msgs(self, session_id: str) -> str:
-        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:msgs'
-
-    def counts(self, session_id: str) -> str:
-        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:counts'
-
-    def summary(self, session_id: str) -> str:
-        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:summary'
-
-    def idempotency(self, session_id: str, key: str) -> str:
-        """The record of an Idempotency-Key (`key` is its digest), beside the session it wrote to."""
-        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idem:{key}'
-
-    def sessions(self) -> str:
-        return f'{self.prefix}:{self.tenant}:sessions'
-
-
-_META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version')
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value
 
 
 def _expected(version: int | None) -> str:
@@ -149,33 +108,16 @@ def _expected(version: int | None) -> str:
 
 def _answer(session_id: str, reply: Sequence[Any]) -> tuple[bytes, Sequence[Any]]:
     """A session script's status and the rest of its reply; the refusals every write shares are raised."""
-    status = _bytes(reply[0])
+    status = as_bytes(reply[0])
     if status == b'stale':
-        current = _bytes(reply[1])
+        current = as_bytes(reply[1])
         raise PreconditionFailed(session_id, int(current) if current else None)
     if status == b'reused':
         raise IdempotencyKeyReused()
     return status, reply[1:]
 
 
-def _pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
-    """The reply of a ZREVRANGE... WITHSCORES as (member, score) pairs, in RESP3 (redis-py's default) or RESP2."""
-    if reply and isinstance(reply[0], list):
-        return [(member, float(score)) for member, score in reply]
-    return [(reply[n], float(reply[n + 1])) for n in range(0, len(reply), 2)]
-
-
-def _record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any) -> SessionRecord:
-    return SessionRecord(
-        id=session_id,
-        created_at=from_micros(int(created_at)),
-        updated_at=from_micros(int(updated_at)),
-        metadata=bytes(metadata),
-        version=int(version),
-    )
-
-
-class RedisStore:
+class RedisStore(RedisReads):
     """The `Store` contract on Redis or Redis Cluster, written once over a `Transport`. The client is the
     caller's: it opens and closes it."""
 
@@ -199,15 +141,6 @@ class RedisStore:
             cause = exc.__cause__
             detail = ' '.join(str(cause).split()) or type(cause).__name__
             raise BackendUnavailable(f'Redis at {masked_url(url)} does not answer: {detail}') from None
-
-    def _keys(self, tenant: str) -> RedisKeys:
-        """The tenant's key names; one `RedisKeys` per tenant (tenants are the configured API keys' few)."""
-        keys = self._tenant_keys.get(tenant)
-        if keys is None:
-            if len(self._tenant_keys) >= 1024:
-                self._tenant_keys.clear()
-            keys = self._tenant_keys[tenant] = RedisKeys(self._prefix, tenant)
-        return keys
 
     def _session(
         self,
@@ -267,92 +200,11 @@ class RedisStore:
         if status == b'limit':
             raise SessionLimitReached(self._limits.max_sessions)
         if status == b'replay':
-            created_at, metadata = _bytes(rest[0]).split(b'\n', 1)
-            return _record(record.id, created_at, created_at, metadata, 0)
+            created_at, metadata = as_bytes(rest[0]).split(b'\n', 1)
+            return session_record(record.id, created_at, created_at, metadata, 0)
         if self._index_beside:
             await self._touch_index(keys, record.id, to_micros(record.updated_at))
         return record
-
-    async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
-        keys = self._keys(tenant)
-        meta = ('HMGET', keys.meta(session_id), *_META_FIELDS)
-        if with_messages:
-            fields, messages = await self._redis.transaction(meta, ('LRANGE', keys.msgs(session_id), 0, -1))
-        else:
-            fields, messages = (await self._redis.transaction(meta))[0], None
-        if fields[0] is None:
-            return None
-        return StoredSession(_record(session_id, *fields), b'[]' if messages is None else json_array(messages))
-
-    async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
-    ) -> tuple[list[StoredSession], bool]:
-        keys = self._keys(tenant)
-        found: list[StoredSession] = []
-        stale: list[str] = []
-        position = after
-        while len(found) <= limit:
-            want = limit + 1 - len(found)
-            candidates = await self._index_page(keys, position, want)
-            if not candidates:
-                break
-            sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
-            for (sid, score), session in zip(candidates, sessions, strict=True):
-                if session is None:
-                    stale += [sid, str(score)]
-                else:
-                    found.append(session)
-            position = (candidates[-1][1], candidates[-1][0])
-            if len(candidates) < want:
-                break
-        if stale:
-            await self._redis.script(lua.REMOVE_STALE.bind(sessions=keys.sessions(), entries=stale))
-        return found[:limit], len(found) > limit
-
-    async def _index_page(self, keys: RedisKeys, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
-        """Up to `want` index entries after the position `after`, newest first, ties by id descending."""
-        index = keys.sessions()
-        if after is None:
-            rows = _pairs(await self._redis.command('ZREVRANGE', index, 0, want - 1, 'WITHSCORES'))
-            return [(_bytes(member).decode(), int(score)) for member, score in rows]
-        micros, last_id = after
-        last = last_id.encode()
-        page: list[tuple[str, int]] = []
-        offset = 0
-        while len(page) < want:
-            # Entries with the cursor's own score come first, in descending id order: skip those >= last id.
-            command = ('ZREVRANGEBYSCORE', index, micros, '-inf', 'WITHSCORES', 'LIMIT', offset, want + 1)
-            rows = _pairs(await self._redis.command(*command))
-            for member, score in rows:
-                raw = _bytes(member)
-                if int(score) < micros or raw < last:
-                    page.append((raw.decode(), int(score)))
-            if len(rows) < want + 1:
-                break
-            offset += len(rows)
-        return page[:want]
-
-    async def _read_many(
-        self, keys: RedisKeys, session_ids: Sequence[str], with_messages: bool
-    ) -> list[StoredSession | None]:
-        """The sessions, None for the ones that are gone, in one round trip (per node): plain commands, which
-        cost redis-server less than a script reading the same."""
-        reads: list[tuple[Any, ...]] = []
-        for sid in session_ids:
-            reads.append(('HMGET', keys.meta(sid), *_META_FIELDS))
-            if with_messages:
-                reads.append(('LRANGE', keys.msgs(sid), 0, -1))
-        replies = await self._redis.commands(*reads)
-        step = 2 if with_messages else 1
-        out: list[StoredSession | None] = []
-        for n, sid in enumerate(session_ids):
-            fields = replies[n * step]
-            if fields[0] is None:
-                out.append(None)
-            else:
-                messages = json_array(replies[n * step + 1]) if with_messages else b'[]'
-                out.append(StoredSession(_record(sid, *fields), messages))
-        return out
 
     async def update_metadata(
         self,
@@ -372,7 +224,7 @@ class RedisStore:
             found = await self._redis.command('HGET', meta, 'metadata')
             if found is None:
                 return None
-            current = _bytes(found)
+            current = as_bytes(found)
             new = apply(current)
             status, rest = _answer(
                 session_id, await self._redis.script(lua.SET_METADATA.bind(session, seen=current, new=new))
@@ -383,7 +235,7 @@ class RedisStore:
                 created_at, updated_at, version = rest
                 if self._index_beside:
                     await self._touch_index(keys, session_id, int(updated_at))
-                return _record(session_id, created_at, updated_at, new, version)
+                return session_record(session_id, created_at, updated_at, new, version)
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
@@ -436,50 +288,8 @@ class RedisStore:
         if status == b'limit':
             raise SessionLimitReached(self._limits.max_sessions)
         # 'replay'
-        recorded_version, *stored = _bytes(rest[0]).split(b'\n')
+        recorded_version, *stored = as_bytes(rest[0]).split(b'\n')
         return Appended(stored, int(recorded_version))
-
-    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
-        keys = self._keys(tenant)
-        meta, msgs = keys.meta(session_id), keys.msgs(session_id)
-        if selection.before is None and selection.after is None:  # the gateway's read: the last N, or all
-            # Plain commands rather than a script, as they cost redis-server less. A list holds messages only
-            # while its session exists (they are deleted together and expire together), so messages from
-            # LRANGE alone are the answer; none means an empty or a missing session, which EXISTS tells
-            # apart in one transaction with the read.
-            last = -selection.limit if selection.limit else 0
-            messages = await self._redis.command('LRANGE', msgs, last, -1)
-            if not messages:
-                exists, messages = await self._redis.transaction(('EXISTS', meta), ('LRANGE', msgs, last, -1))
-                messages = messages if exists else None
-        else:
-            limit, before, after = (
-                '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
-            )
-            call = lua.GET_MESSAGES.bind(meta=meta, msgs=msgs, limit=limit, before=before, after=after)
-            messages = await self._redis.script(call)
-        return None if messages is None else json_array(messages)
-
-    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
-        keys = self._keys(tenant)
-        limit, before, after = (
-            '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
-        )
-        call = lua.GET_COUNTED.bind(
-            meta=keys.meta(session_id),
-            msgs=keys.msgs(session_id),
-            counts=keys.counts(session_id),
-            limit=limit,
-            before=before,
-            after=after,
-        )
-        reply = await self._redis.script(call)
-        if not reply:
-            return None
-        held, messages, records = reply
-        uncounted = len(messages) - len(records)  # the oldest, stored before records were
-        values = [0] * uncounted + [int(value) for value in records]
-        return CountedPage([(_bytes(m), v) for m, v in zip(messages, values, strict=True)], int(held))
 
     async def set_summary(
         self,
@@ -501,23 +311,12 @@ class RedisStore:
         if status == b'unknown':
             raise ThroughIdNotStored(session_id, through_id)
         if status == b'replay':
-            version, recorded = _bytes(rest[0]).split(b'\n', 1)
+            version, recorded = as_bytes(rest[0]).split(b'\n', 1)
             return Summarized(recorded, int(version))
         updated_at, version = rest
         if self._index_beside:
             await self._touch_index(keys, session_id, int(updated_at))
         return Summarized(summary, int(version))
-
-    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
-        keys = self._keys(tenant)
-        exists, summary = await self._redis.transaction(
-            ('EXISTS', keys.meta(session_id)), ('GET', keys.summary(session_id))
-        )
-        if not exists:
-            return None
-        if summary is None:
-            raise SummaryNotFound(session_id)
-        return _bytes(summary)
 
     async def delete_summary(
         self,
@@ -536,7 +335,7 @@ class RedisStore:
         if status == b'none':
             raise SummaryNotFound(session_id)
         if status == b'replay':
-            return Summarized(b'', int(_bytes(rest[0])))
+            return Summarized(b'', int(as_bytes(rest[0])))
         updated_at, version = rest
         if self._index_beside:
             await self._touch_index(keys, session_id, int(updated_at))

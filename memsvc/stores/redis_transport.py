@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from memsvc.errors import BackendUnavailable, StoreTimeout
 from memsvc.settings import Settings
-from memsvc.stores.redis_scripts import Arg, Script, ScriptCall
+from memsvc.stores.redis_lua import Arg, Script, ScriptCall
 
 Command = tuple[Arg, ...]
 """One command and its arguments, e.g. `('LRANGE', key, -20, -1)`."""

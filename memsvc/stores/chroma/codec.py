@@ -36,7 +36,7 @@ import orjson
 from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import SessionRecord, from_micros, to_micros, utc_now
 from memsvc.stores import gaps as ids
-from memsvc.stores.base import Idempotency
+from memsvc.stores.base import Idempotency, MessageRange
 
 Meta = Mapping[str, object]
 """The metadata of one Chroma record, as Chroma returns it."""
@@ -124,6 +124,34 @@ class SessionRow:
     def stored_ids(self, lo: int, hi: int) -> Iterator[int]:
         """Its stored ids from `lo` to `hi - 1`."""
         return ids.stored_ids(self.gaps, max(lo, self.first_id), min(hi, self.next_id))
+
+    def selected(self, selection: MessageRange) -> tuple[int, int]:
+        """The message ids lo .. hi - 1 that `selection` takes (of which the gaps are not stored): `limit` takes that
+        many stored messages."""
+        if self.gaps:
+            return self._selected_across_gaps(selection)
+        lo = self.first_id if selection.after is None else max(selection.after + 1, self.first_id)
+        hi = self.next_id if selection.before is None else min(selection.before, self.next_id)
+        if selection.limit is not None and hi - lo > selection.limit:
+            if selection.after is None:
+                lo = hi - selection.limit
+            else:
+                hi = lo + selection.limit
+        return lo, hi
+
+    def _selected_across_gaps(self, selection: MessageRange) -> tuple[int, int]:
+        """As `selected`, by position among the stored messages."""
+        gaps, first, next_id = self.gaps, self.first_id, self.next_id
+        lo = 0 if selection.after is None else ids.stored_below(gaps, first, next_id, selection.after + 1)
+        hi = self.count if selection.before is None else ids.stored_below(gaps, first, next_id, selection.before)
+        if selection.limit is not None and hi - lo > selection.limit:
+            if selection.after is None:
+                lo = hi - selection.limit
+            else:
+                hi = lo + selection.limit
+        if lo >= hi:
+            return 0, 0
+        return ids.id_at(gaps, first, lo), ids.id_at(gaps, first, hi - 1) + 1
 
     @classmethod
     def new(cls, record: SessionRecord) -> 'SessionRow':

@@ -450,13 +450,13 @@ class ChromaStore:
         row = await self._read(tenant, session_id)
         if row is None:
             return None
-        return json_array(await self._messages_of(tenant, row, *_ids(row, selection)))
+        return json_array(await self._messages_of(tenant, row, *row.selected(selection)))
 
     async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
         row = await self._read(tenant, session_id)
         if row is None:
             return None
-        counted = await self._counted_of(tenant, row, *_ids(row, selection))
+        counted = await self._counted_of(tenant, row, *row.selected(selection))
         return CountedPage([(message, count) for _, message, count in counted], row.count)
 
     async def clear_messages(
@@ -596,32 +596,3 @@ class ChromaStore:
                 raise SessionNotFound(session_id)
         [vector] = await self._embed([query])
         return await self._search.search(tenant, vector, limit=limit, session=row, role=role)
-
-
-def _ids(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
-    """The message ids lo .. hi - 1 that `selection` takes (of which the row's gaps are not stored)."""
-    if row.gaps:
-        return _ids_across_gaps(row, selection)
-    lo = row.first_id if selection.after is None else max(selection.after + 1, row.first_id)
-    hi = row.next_id if selection.before is None else min(selection.before, row.next_id)
-    if selection.limit is not None and hi - lo > selection.limit:
-        if selection.after is None:
-            lo = hi - selection.limit
-        else:
-            hi = lo + selection.limit
-    return lo, hi
-
-
-def _ids_across_gaps(row: SessionRow, selection: MessageRange) -> tuple[int, int]:
-    """As `_ids`, counting stored messages by position, so that `limit` takes that many stored ones."""
-    gaps, first, next_id = row.gaps, row.first_id, row.next_id
-    lo = 0 if selection.after is None else ids.stored_below(gaps, first, next_id, selection.after + 1)
-    hi = row.count if selection.before is None else ids.stored_below(gaps, first, next_id, selection.before)
-    if selection.limit is not None and hi - lo > selection.limit:
-        if selection.after is None:
-            lo = hi - selection.limit
-        else:
-            hi = lo + selection.limit
-    if lo >= hi:
-        return 0, 0
-    return ids.id_at(gaps, first, lo), ids.id_at(gaps, first, hi - 1) + 1

@@ -1,0 +1,88 @@
+"""A session's messages in the in-memory store (`memory.py`): one bytearray and an array of end offsets, which the
+garbage collector does not look into, so that any run of messages is one slice (one JSON array, one copy)."""
+
+from array import array
+from collections.abc import Sequence
+
+from memsvc.context import kind_of, trim_count
+from memsvc.stores.base import stored_kind
+
+
+class MessageLog:
+    """A session's messages, oldest first, each followed by a comma in one bytearray, and where each ends.
+
+    Neither is a container the garbage collector looks into, and any run of messages is a JSON array with
+    one copy of their bytes.
+    """
+
+    __slots__ = ('dropped', 'ends', 'records', 'text')
+
+    def __init__(self) -> None:
+        self.text = bytearray()
+        self.ends = array('Q')
+        """Where each message's comma ends, counted from the start of everything this log has held."""
+        self.dropped = 0
+        """Bytes cut from the front of `text` (by `drop_oldest`)."""
+        self.records = array('Q')
+        """Each message's record, parallel to `ends`."""
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def extend(self, messages: list[bytes], records: Sequence[int] | None) -> None:
+        self.records.extend(records if records is not None else [0] * len(messages))
+        ends, end = self.ends, self.dropped + len(self.text)
+        for message in messages:
+            end += len(message) + 1
+            ends.append(end)
+        # The messages in one addition: the buffer grows (and may move) once per append rather than once
+        # per message, whose many sizes would leave the heap fragmented (more memory per stored message).
+        self.text += b','.join(messages) + b','
+
+    def drop_oldest(self, count: int) -> None:
+        cut = self.ends[count - 1] - self.dropped
+        del self.text[:cut]  # O(1): a bytearray moves its start rather than its contents
+        del self.ends[:count]
+        del self.records[:count]
+        self.dropped += cut
+
+    def remove(self, position: int) -> None:
+        """Remove the message at `position`. The end offsets of the shorter side move: those after it down by its
+        size, or those before it up by its size, with `dropped`, as if the bytes before it had been cut."""
+        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
+        size = self.ends[position] - self.dropped - start
+        del self.text[start : start + size]
+        ends = self.ends
+        if position >= len(ends) // 2:
+            tail = ends[position + 1 :]
+            del ends[position:]
+            ends.extend(end - size for end in tail)
+        else:
+            head = ends[:position]
+            del ends[: position + 1]
+            ends[0:0] = array('Q', [end + size for end in head])
+            self.dropped += size
+        del self.records[position]
+
+    def truncate(self, keep: int) -> None:
+        """Keep the oldest `keep` messages (at least one)."""
+        del self.text[self.ends[keep - 1] - self.dropped :]
+        del self.ends[keep:]
+        del self.records[keep:]
+
+    def message(self, position: int) -> bytes:
+        start = 0 if position == 0 else self.ends[position - 1] - self.dropped
+        return bytes(self.text[start : self.ends[position] - self.dropped - 1])
+
+    def trim_count(self, at_least: int) -> int:
+        """How many of the oldest messages to drop: `at_least`, and the tool messages right after them."""
+        records = self.records
+        kinds = (kind_of(records[n]) if records[n] else stored_kind(self.message(n), 0) for n in range(len(records)))
+        return trim_count(kinds, at_least)
+
+    def json_array(self, lo: int, hi: int) -> bytes:
+        """The messages at positions lo to hi - 1, as a JSON array."""
+        if lo >= hi:
+            return b'[]'
+        start = 0 if lo == 0 else self.ends[lo - 1] - self.dropped
+        return b'[' + self.text[start : self.ends[hi - 1] - self.dropped - 1] + b']'

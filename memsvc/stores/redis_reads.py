@@ -1,0 +1,222 @@
+"""The read side of the Redis store (`redis.RedisStore`, whose docstring has the key layout): the key names, and
+the reads of sessions, the listing, messages and the summary.
+
+Reads are plain commands where they can be, which cost redis-server less CPU than a script doing the same reads:
+the last N messages are one LRANGE (with EXISTS in a MULTI/EXEC only when the list is empty, to tell an empty
+session from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE. A read by id range (before/after) runs
+GET_MESSAGES, which maps ids to positions (across the session's gaps, when it has some).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from memsvc.errors import SummaryNotFound
+from memsvc.models import SessionRecord, StoredSession, from_micros, json_array
+from memsvc.stores import redis_scripts as lua
+from memsvc.stores.base import CountedPage, ListCursor, MessageRange
+from memsvc.stores.redis_transport import Transport
+
+
+class RedisKeys:
+    """The one place key names are built."""
+
+    __slots__ = ('prefix', 'tenant')
+
+    def __init__(self, prefix: str, tenant: str) -> None:
+        if any(c in tenant for c in '{}'):
+            raise ValueError(f'tenant {tenant!r} cannot be part of a Redis key')
+        self.prefix, self.tenant = prefix, tenant
+
+    def meta(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:meta'
+
+    def msgs(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:msgs'
+
+    def counts(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:counts'
+
+    def summary(self, session_id: str) -> str:
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:summary'
+
+    def idempotency(self, session_id: str, key: str) -> str:
+        """The record of an Idempotency-Key (`key` is its digest), beside the session it wrote to."""
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idem:{key}'
+
+    def sessions(self) -> str:
+        return f'{self.prefix}:{self.tenant}:sessions'
+
+
+_META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version')
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
+    """The reply of a ZREVRANGE... WITHSCORES as (member, score) pairs, in RESP3 (redis-py's default) or RESP2."""
+    if reply and isinstance(reply[0], list):
+        return [(member, float(score)) for member, score in reply]
+    return [(reply[n], float(reply[n + 1])) for n in range(0, len(reply), 2)]
+
+
+def session_record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any) -> SessionRecord:
+    return SessionRecord(
+        id=session_id,
+        created_at=from_micros(int(created_at)),
+        updated_at=from_micros(int(updated_at)),
+        metadata=bytes(metadata),
+        version=int(version),
+    )
+
+
+class RedisReads:
+    """The reads of `RedisStore`, over its transport."""
+
+    _redis: Transport
+    _prefix: str
+    _tenant_keys: dict[str, RedisKeys]
+
+    def _keys(self, tenant: str) -> RedisKeys:
+        """The tenant's key names; one `RedisKeys` per tenant (tenants are the configured API keys' few)."""
+        keys = self._tenant_keys.get(tenant)
+        if keys is None:
+            if len(self._tenant_keys) >= 1024:
+                self._tenant_keys.clear()
+            keys = self._tenant_keys[tenant] = RedisKeys(self._prefix, tenant)
+        return keys
+
+    async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None:
+        keys = self._keys(tenant)
+        meta = ('HMGET', keys.meta(session_id), *_META_FIELDS)
+        if with_messages:
+            fields, messages = await self._redis.transaction(meta, ('LRANGE', keys.msgs(session_id), 0, -1))
+        else:
+            fields, messages = (await self._redis.transaction(meta))[0], None
+        if fields[0] is None:
+            return None
+        return StoredSession(session_record(session_id, *fields), b'[]' if messages is None else json_array(messages))
+
+    async def list_sessions(
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+    ) -> tuple[list[StoredSession], bool]:
+        keys = self._keys(tenant)
+        found: list[StoredSession] = []
+        stale: list[str] = []
+        position = after
+        while len(found) <= limit:
+            want = limit + 1 - len(found)
+            candidates = await self._index_page(keys, position, want)
+            if not candidates:
+                break
+            sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
+            for (sid, score), session in zip(candidates, sessions, strict=True):
+                if session is None:
+                    stale += [sid, str(score)]
+                else:
+                    found.append(session)
+            position = (candidates[-1][1], candidates[-1][0])
+            if len(candidates) < want:
+                break
+        if stale:
+            await self._redis.script(lua.REMOVE_STALE.bind(sessions=keys.sessions(), entries=stale))
+        return found[:limit], len(found) > limit
+
+    async def _index_page(self, keys: RedisKeys, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
+        """Up to `want` index entries after the position `after`, newest first, ties by id descending."""
+        index = keys.sessions()
+        if after is None:
+            rows = _pairs(await self._redis.command('ZREVRANGE', index, 0, want - 1, 'WITHSCORES'))
+            return [(as_bytes(member).decode(), int(score)) for member, score in rows]
+        micros, last_id = after
+        last = last_id.encode()
+        page: list[tuple[str, int]] = []
+        offset = 0
+        while len(page) < want:
+            # Entries with the cursor's own score come first, in descending id order: skip those >= last id.
+            command = ('ZREVRANGEBYSCORE', index, micros, '-inf', 'WITHSCORES', 'LIMIT', offset, want + 1)
+            rows = _pairs(await self._redis.command(*command))
+            for member, score in rows:
+                raw = as_bytes(member)
+                if int(score) < micros or raw < last:
+                    page.append((raw.decode(), int(score)))
+            if len(rows) < want + 1:
+                break
+            offset += len(rows)
+        return page[:want]
+
+    async def _read_many(
+        self, keys: RedisKeys, session_ids: Sequence[str], with_messages: bool
+    ) -> list[StoredSession | None]:
+        """The sessions, None for the ones that are gone, in one round trip (per node): plain commands, which
+        cost redis-server less than a script reading the same."""
+        reads: list[tuple[Any, ...]] = []
+        for sid in session_ids:
+            reads.append(('HMGET', keys.meta(sid), *_META_FIELDS))
+            if with_messages:
+                reads.append(('LRANGE', keys.msgs(sid), 0, -1))
+        replies = await self._redis.commands(*reads)
+        step = 2 if with_messages else 1
+        out: list[StoredSession | None] = []
+        for n, sid in enumerate(session_ids):
+            fields = replies[n * step]
+            if fields[0] is None:
+                out.append(None)
+            else:
+                messages = json_array(replies[n * step + 1]) if with_messages else b'[]'
+                out.append(StoredSession(session_record(sid, *fields), messages))
+        return out
+
+    async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
+        keys = self._keys(tenant)
+        meta, msgs = keys.meta(session_id), keys.msgs(session_id)
+        if selection.before is None and selection.after is None:  # the gateway's read: the last N, or all
+            # Plain commands rather than a script, as they cost redis-server less. A list holds messages only
+            # while its session exists (they are deleted together and expire together), so messages from
+            # LRANGE alone are the answer; none means an empty or a missing session, which EXISTS tells
+            # apart in one transaction with the read.
+            last = -selection.limit if selection.limit else 0
+            messages = await self._redis.command('LRANGE', msgs, last, -1)
+            if not messages:
+                exists, messages = await self._redis.transaction(('EXISTS', meta), ('LRANGE', msgs, last, -1))
+                messages = messages if exists else None
+        else:
+            limit, before, after = (
+                '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
+            )
+            call = lua.GET_MESSAGES.bind(meta=meta, msgs=msgs, limit=limit, before=before, after=after)
+            messages = await self._redis.script(call)
+        return None if messages is None else json_array(messages)
+
+    async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
+        keys = self._keys(tenant)
+        limit, before, after = (
+            '' if v is None else str(v) for v in (selection.limit, selection.before, selection.after)
+        )
+        call = lua.GET_COUNTED.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            limit=limit,
+            before=before,
+            after=after,
+        )
+        reply = await self._redis.script(call)
+        if not reply:
+            return None
+        held, messages, records = reply
+        uncounted = len(messages) - len(records)  # the oldest, stored before records were
+        values = [0] * uncounted + [int(value) for value in records]
+        return CountedPage([(as_bytes(m), v) for m, v in zip(messages, values, strict=True)], int(held))
+
+    async def get_summary(self, tenant: str, session_id: str) -> bytes | None:
+        keys = self._keys(tenant)
+        exists, summary = await self._redis.transaction(
+            ('EXISTS', keys.meta(session_id)), ('GET', keys.summary(session_id))
+        )
+        if not exists:
+            return None
+        if summary is None:
+            raise SummaryNotFound(session_id)
+        return as_bytes(summary)
