@@ -185,13 +185,14 @@ async def test_trimming_counts_stored_messages_across_gaps(trimming: Store) -> N
     assert await trimming.set_summary(T, 't', summary('x', 10), 10, utc_now())
 
 
-async def test_random_deletes_truncations_and_appends_match_a_plain_list(store: Store) -> None:
+async def test_random_deletes_truncations_and_appends_match_a_plain_list(store: Store, store_kind: str) -> None:
     """A fixed random walk over appends, deletes, truncations and clears, each followed by reads checked against a
-    plain list (the in-memory store is checked far more widely by tests/test_memory_log.py)."""
+    plain list: the gap arithmetic each store has (Lua on Redis) against the obvious one. Longer on the fast stores;
+    the in-memory store is checked far more widely by tests/test_memory_log.py."""
     rng = random.Random(15)
     model: list[int] = []
     next_id = 1
-    for _ in range(30):
+    for _ in range(30 if store_kind.startswith('chroma') else 150):
         step = rng.random()
         if step < 0.45 or not model:
             count = rng.randint(1, 4)
