@@ -7,7 +7,8 @@ ends), or a Chroma server (`CHROMA_HOST`/`CHROMA_PORT`, `chromadb.HttpClient`).
     operations.py  the Chroma calls the store makes, one typed method each
     transport.py   where those calls run (a thread for a server, the child for embedded), their errors translated
     child.py       the child process of embedded Chroma
-    store.py       the Store contract: the commit point, locks, versions, idempotency
+    store.py       the Store contract: the commit point, versions, idempotency
+    writes.py      how its writes run: one writer per session, each to its end
     search.py      semantic search
 """
 

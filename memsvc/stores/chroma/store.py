@@ -28,17 +28,16 @@ reaches past the recorded messages and the first of them carries the attempt's n
 those ids after a failed attempt left its own). Otherwise the retry writes again.
 
 Nothing blocks the event loop: the embedding runs on the store's thread pool, Chroma calls go through the
-transport. A write, once started, runs to its end even if its request is cancelled (`_locked`).
+transport. A write, once started, runs to its end even if its request is cancelled (`writes.Writes`).
 """
 
 import asyncio
-import functools
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import orjson
 
@@ -86,6 +85,7 @@ from memsvc.stores.chroma.codec import (
 from memsvc.stores.chroma.operations import IDS_PER_CALL, Chroma, chunks
 from memsvc.stores.chroma.search import Search
 from memsvc.stores.chroma.transport import Transport
+from memsvc.stores.chroma.writes import Writes
 
 if TYPE_CHECKING:
     from memsvc.embeddings import Embedder, Vectors
@@ -109,8 +109,7 @@ class ChromaStore:
         self._embedder = embedder
         self._executor = executor
         self._limits = Limits.from_settings(settings)
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-        self._writing: set[asyncio.Future[Any]] = set()  # writes that run on after their caller was cancelled
+        self._writes = Writes()
 
     async def open(self) -> None:
         """Create (or find) the collections; raises `BackendUnavailable` naming the Chroma when it does not answer."""
@@ -127,48 +126,6 @@ class ChromaStore:
     async def _embed(self, texts: list[str]) -> 'Vectors':
         """On the store's thread pool: the embedding holds a core for a long time."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._embedder.embed, texts)
-
-    async def _locked(
-        self,
-        tenant: str,
-        session_id: str,
-        write: Callable[Concatenate[str, str, P], Awaitable[T]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """`write(tenant, session_id, ...)` holding the session's lock (one writer per session in this process), to
-        completion even if the caller is cancelled (a client that disconnects, a timeout): the next write of the
-        session never starts while a call of this one is still writing to Chroma."""
-        key = (tenant, session_id)
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        work = functools.partial(write, tenant, session_id, *args, **kwargs)
-
-        async def locked() -> T:
-            try:
-                async with lock:
-                    return await work()
-            finally:
-                held, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (held, users - 1)
-
-        return await self._shielded(locked())
-
-    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
-        """Await `work` as a task that a cancellation of the caller does not stop."""
-        task = asyncio.ensure_future(work)
-        self._writing.add(task)
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
-
-    def _finished(self, task: asyncio.Future[Any]) -> None:
-        self._writing.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a caller that was cancelled meanwhile has answered already
 
     # --- records -----------------------------------------------------------------------------
 
@@ -284,7 +241,7 @@ class ChromaStore:
     async def create_session(
         self, tenant: str, record: SessionRecord, *, idempotency: Idempotency | None = None
     ) -> SessionRecord | None:
-        return await self._locked(tenant, record.id, self._create_session, record, idempotency)
+        return await self._writes.locked(tenant, record.id, self._create_session, record, idempotency)
 
     async def _create_session(
         self, tenant: str, session_id: str, record: SessionRecord, idempotency: Idempotency | None
@@ -333,7 +290,7 @@ class ChromaStore:
         *,
         expected_version: int | None = None,
     ) -> SessionRecord | None:
-        return await self._locked(tenant, session_id, self._update_metadata, apply, now, expected_version)
+        return await self._writes.locked(tenant, session_id, self._update_metadata, apply, now, expected_version)
 
     async def _update_metadata(
         self,
@@ -352,7 +309,7 @@ class ChromaStore:
         return updated.record
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
-        return await self._locked(tenant, session_id, self._delete_session, expected_version)
+        return await self._writes.locked(tenant, session_id, self._delete_session, expected_version)
 
     async def _delete_session(self, tenant: str, session_id: str, expected_version: int | None) -> bool:
         row = await self._read(tenant, session_id)
@@ -382,11 +339,11 @@ class ChromaStore:
         async def embed_then_write() -> Appended:
             vectors = await self._embed([orjson.loads(body)['content'] for body in bodies])
             counts = list(records) if records is not None else [0] * len(bodies)
-            return await self._locked(
+            return await self._writes.locked(
                 tenant, session_id, self._append_messages, bodies, counts, vectors, now, expected_version, idempotency
             )
 
-        return await self._shielded(embed_then_write())
+        return await self._writes.shielded(embed_then_write())
 
     async def _append_messages(
         self,
@@ -462,7 +419,7 @@ class ChromaStore:
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
     ) -> int | None:
-        return await self._locked(tenant, session_id, self._clear_messages, now, expected_version)
+        return await self._writes.locked(tenant, session_id, self._clear_messages, now, expected_version)
 
     async def _clear_messages(
         self, tenant: str, session_id: str, now: datetime, expected_version: int | None
@@ -479,7 +436,7 @@ class ChromaStore:
     async def delete_message(
         self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None
     ) -> int | None:
-        return await self._locked(tenant, session_id, self._delete_message, message_id, now, expected_version)
+        return await self._writes.locked(tenant, session_id, self._delete_message, message_id, now, expected_version)
 
     async def _delete_message(
         self, tenant: str, session_id: str, message_id: int, now: datetime, expected_version: int | None
@@ -502,7 +459,7 @@ class ChromaStore:
     async def truncate_messages(
         self, tenant: str, session_id: str, after: int, now: datetime, *, expected_version: int | None = None
     ) -> Truncated | None:
-        return await self._locked(tenant, session_id, self._truncate_messages, after, now, expected_version)
+        return await self._writes.locked(tenant, session_id, self._truncate_messages, after, now, expected_version)
 
     async def _truncate_messages(
         self, tenant: str, session_id: str, after: int, now: datetime, expected_version: int | None
@@ -530,7 +487,7 @@ class ChromaStore:
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
     ) -> Summarized | None:
-        return await self._locked(
+        return await self._writes.locked(
             tenant, session_id, self._write_summary, summary, through_id, now, expected_version, idempotency
         )
 
@@ -543,7 +500,7 @@ class ChromaStore:
         expected_version: int | None = None,
         idempotency: Idempotency | None = None,
     ) -> Summarized | None:
-        return await self._locked(
+        return await self._writes.locked(
             tenant, session_id, self._write_summary, b'', None, now, expected_version, idempotency
         )
 
