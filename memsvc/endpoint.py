@@ -30,6 +30,7 @@ from memsvc.context import ContextBudgetTooSmall
 from memsvc.errors import (
     BackendUnavailable,
     BodyTooLarge,
+    ForkSourceChanged,
     IdempotencyKeyReused,
     IncompleteRequest,
     InternalError,
@@ -75,6 +76,7 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     RouteNotFound: 404,
     MethodNotAllowed: 405,
     SessionExists: 409,
+    ForkSourceChanged: 409,
     LimitReached: 409,
     PreconditionFailed: 412,
     BodyTooLarge: 413,

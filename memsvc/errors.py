@@ -91,6 +91,17 @@ class SessionExists(MemsvcError):
         super().__init__(f'session {session_id!r} already exists')
 
 
+class ForkSourceChanged(MemsvcError):
+    """A fork's source lost messages it was copying (cleared, deleted or trimmed meanwhile): nothing was made."""
+
+    code = 'fork_source_changed'
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f'session {session_id!r} was cleared, deleted or trimmed while it was being forked; nothing was made, retry'
+        )
+
+
 class PreconditionFailed(MemsvcError):
     """An `If-Match` that names another version than the session's current one."""
 

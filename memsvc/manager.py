@@ -28,6 +28,7 @@ from memsvc.errors import (
     SummaryNotFound,
 )
 from memsvc.models import (
+    NewFork,
     NewMessage,
     NewSession,
     SearchHit,
@@ -47,6 +48,7 @@ from memsvc.settings import Settings
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    Fork,
     Idempotency,
     ListCursor,
     MessageRange,
@@ -124,6 +126,34 @@ class AsyncMemoryManager:
         if created is None:
             raise SessionExists(record.id)
         return StoredSession(created, b'[]')
+
+    async def fork_session(
+        self,
+        tenant: str,
+        source_id: str,
+        body: NewFork,
+        *,
+        idempotency_key: str | None = None,
+        with_messages: bool = True,
+    ) -> StoredSession:
+        """A copy of `source_id` up to `body.through_id` (README, "Forks"). The new id as for `create_session`:
+        given, derived from the Idempotency-Key, or a new uuid4."""
+        require_session_id(source_id)
+        if body.id is not None:
+            target = require_session_id(body.id)
+        elif idempotency_key is not None:
+            target = str(uuid.uuid5(_IDEMPOTENT_IDS, f'{tenant}/{idempotency_key}'))
+        else:
+            target = str(uuid.uuid4())
+        metadata = None if body.metadata is None else self._check_metadata(body.metadata, 'metadata')
+        fork = Fork(source_id, target, body.through_id, metadata, utc_now())
+        idempotency = self._idempotency(
+            idempotency_key, 'fork', target, lambda: [source_id, body.model_dump(exclude={'id'})]
+        )
+        forked = await self.store.fork_session(tenant, fork, idempotency=idempotency, with_messages=with_messages)
+        if forked is None:
+            raise SessionNotFound(source_id)
+        return forked
 
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool = True) -> StoredSession:
         require_session_id(session_id)

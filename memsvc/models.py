@@ -137,6 +137,14 @@ class NewSession(_Body):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class NewFork(_Body):
+    id: SessionId | None = Field(None, description='the new session id; default: a new uuid4')
+    through_id: Annotated[
+        int | None, Field(ge=1, le=2**53 - 1, description="the last message copied; default: the source's last")
+    ] = None
+    metadata: Metadata | None = Field(None, description="the new session's metadata; default: the source's")
+
+
 class SessionPatch(_Body):
     metadata: JsonObject = Field(description='a JSON merge patch (RFC 7386): null deletes a key')
 
@@ -164,12 +172,19 @@ class Message(TypedDict):
 
 
 @with_config(ConfigDict(extra='forbid'))
+class ForkedFrom(TypedDict):
+    session_id: SessionId
+    message_id: Annotated[int | None, Field(description='the last message copied; null: the source had none')]
+
+
+@with_config(ConfigDict(extra='forbid'))
 class Session(TypedDict):
     id: SessionId
     created_at: datetime
     updated_at: datetime
     messages: list[Message]
     metadata: JsonObject
+    forked_from: NotRequired[Annotated[ForkedFrom, Field(description='only on a fork: what it was copied from')]]
 
 
 @with_config(ConfigDict(extra='forbid', title='SearchHit'))
@@ -235,13 +250,15 @@ class ErrorBody(TypedDict):
 
 @dataclass(slots=True, frozen=True)
 class SessionRecord:
-    """A session without its messages. `metadata` is the JSON-encoded object."""
+    """A session without its messages. `metadata` is the JSON-encoded object; `forked_from` too (`fork_origin`),
+    empty when the session is not a fork."""
 
     id: str
     created_at: datetime
     updated_at: datetime
     metadata: bytes
     version: int
+    forked_from: bytes = b''
 
 
 @dataclass(slots=True, frozen=True)
@@ -256,6 +273,11 @@ class SearchHit:
     session_id: str
     message: bytes
     score: float
+
+
+def fork_origin(session_id: str, message_id: int | None) -> bytes:
+    """A fork's `forked_from` as stored and answered: `{"session_id", "message_id"}`."""
+    return orjson.dumps({'session_id': session_id, 'message_id': message_id})
 
 
 def encode_json(value: Any, field: str, option: int = 0) -> bytes:

@@ -33,6 +33,7 @@ from memsvc.models import (
     SESSION_ID_PATTERN,
     ContextWindowBody,
     Message,
+    NewFork,
     NewMessage,
     NewMessages,
     NewSession,
@@ -117,13 +118,16 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 def _session(found: StoredSession) -> dict[str, Any]:
     record = found.record
-    return {
+    session = {
         'id': record.id,
         'created_at': record.created_at,
         'updated_at': record.updated_at,
         'messages': orjson.Fragment(found.messages),
         'metadata': orjson.Fragment(record.metadata),
     }
+    if record.forked_from:
+        session['forked_from'] = orjson.Fragment(record.forked_from)
+    return session
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -238,6 +242,46 @@ async def delete_session(request: web.Request) -> web.Response:
     session_id = SESSION_ID.get(request)
     await request.app[MANAGER].delete_session(request[TENANT], session_id, expected_version=IF_MATCH.get(request))
     return web.Response(body=_SUCCESS, content_type='application/json')
+
+
+NEW_FORK: JsonBody[NewFork] = JsonBody(NewFork, required=False)
+
+
+@routes.post(
+    f'{SESSION}/fork',
+    Operation(
+        'forkSession',
+        'Copy a session up to one message into a new session, all or nothing',
+        {201: Reply(Session, 'the new session', (LOCATION, ETAG))},
+        errors=(400, 401, 404, 409, 413, 415, 422),
+        params=(SESSION_ID, IDEMPOTENCY_KEY, INCLUDE_MESSAGES),
+        body=(NEW_FORK,),
+        description='The messages up to `through_id` (default: the last) keep their ids, content, timestamps and '
+        "token records; the next appended id follows `through_id`. The source's summary is copied when its "
+        "`through_id` is at most the fork's. `forked_from` names the source and `through_id`. Nothing is visible "
+        'before the whole copy is (README, "Forks"). 404 `session_not_found` (the source) or `message_not_found` '
+        '(`through_id`); 409 `session_exists` when the new id is taken (also when it is taken while the copy runs), '
+        '409 `fork_source_changed` when the source was cleared, deleted or trimmed past the copy meanwhile. Messages '
+        'are left out of the answer (`[]`) with include_messages=false or when they would pass '
+        'MEMSVC_MAX_RESPONSE_BYTES.',
+    ),
+)
+async def fork_session(request: web.Request) -> web.Response:
+    source_id = SESSION_ID.get(request)
+    raw = await NEW_FORK.read(request)
+    body = NewFork() if raw is None else NEW_FORK.parse(raw)
+    forked = await request.app[MANAGER].fork_session(
+        request[TENANT],
+        source_id,
+        body,
+        idempotency_key=IDEMPOTENCY_KEY.get(request),
+        with_messages=INCLUDE_MESSAGES.get(request),
+    )
+    record = forked.record
+    if len(forked.messages) + len(record.metadata) + SESSION_OVERHEAD_BYTES > request.app[SETTINGS].max_response_bytes:
+        forked = StoredSession(record, b'[]')  # made; too large to answer with its messages
+    headers = {'Location': f'{API}/sessions/{record.id}', **_etag(record.version)}
+    return _json(_session(forked), status=201, headers=headers)
 
 
 # --- messages --------------------------------------------------------------------------------

@@ -27,15 +27,22 @@ its `record` (`memsvc.context.record`: token count and kind, one int below 2**63
 without one), which `get_counted_messages` hands back and trimming reads: trimming to `max_messages` never
 leaves a `tool` message first (`context.trim_count`).
 
+A fork (`fork_session`) copies a session's messages up to one id, with their records, into a new session that no
+read, listing or search finds until one last atomic step publishes it whole (README, "Forks"). The new session's
+`forked_from` (`models.fork_origin`) is kept by every read of its record. The source's summary goes with it when
+the summary's `through_id` is at most the fork's. Nothing of the source changes.
+
 Absence is reported as `None`/`False`, never raised (but a session without a summary: `SummaryNotFound`); a
 backend that cannot answer raises `BackendUnavailable` (translated inside the store, so nothing above it sees a
 client library's exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import orjson
 
 from memsvc.context import PLAIN, RESULT, kind_of
 from memsvc.errors import PreconditionFailed
@@ -70,6 +77,11 @@ def stored_kind(message: bytes, record: int) -> int:
     if record:
         return kind_of(record)
     return RESULT if message.startswith(_TOOL_ROLE, message.index(b',') + 1) else PLAIN
+
+
+def summary_through(summary: bytes) -> int:
+    """The `through_id` of a summary as `set_summary` stores it."""
+    return int(orjson.loads(summary)['through_id'])
 
 
 ANY_VERSION = -1
@@ -143,6 +155,31 @@ class Truncated:
     version: int
 
 
+@dataclass(slots=True, frozen=True)
+class Fork:
+    """What `fork_session` makes: a session `target` holding the messages of `source` up to `through_id` (None:
+    its last), created at `now` with `metadata` (None: the source's)."""
+
+    source: str
+    target: str
+    through_id: int | None
+    metadata: bytes | None
+    now: datetime
+
+
+@dataclass(slots=True)
+class ForkHook:
+    """A test hook of the stores' forks: `chunk_written`, when set, is awaited after each step of the copy with the
+    number of messages copied so far."""
+
+    chunk_written: Callable[[int], Awaitable[None]] | None = None
+
+
+FORK_HIDDEN_TTL_SECONDS = 600
+"""How long a fork's hidden copy outlives its last step where the store can expire it (Redis): a fork that
+stopped half-way (a crash, a lost connection) leaves nothing behind for longer. Each chunk written refreshes it."""
+
+
 class CountedPage(NamedTuple):
     messages: list[Counted]
     """The selected messages, oldest first."""
@@ -202,6 +239,15 @@ class Store(Protocol):
         """Append messages encoded by `models.encode_message` in one atomic step, creating the session if
         it is missing, and return them as stored (with their ids, `models.with_id`) and the new version.
         `records` are the messages' records, stored next to them (None: 0 for each)."""
+
+    async def fork_session(
+        self, tenant: str, fork: Fork, *, idempotency: Idempotency | None = None, with_messages: bool = True
+    ) -> StoredSession | None:
+        """Make `fork.target` a copy of `fork.source` up to `fork.through_id`, all or nothing, and return it (its
+        messages only `with_messages`). None: no such source. Raises `MessageNotFound` (`through_id` is not a stored
+        message), `SessionExists` (the target id is taken, also when it was taken while the copy ran),
+        `SessionLimitReached`, `ForkSourceChanged` (the source lost messages being copied). A recorded
+        Idempotency-Key answers the fork as it is now (`SessionNotFound` if it was deleted since)."""
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         """The selected messages, oldest first, as one JSON array: the body of the API's answer."""

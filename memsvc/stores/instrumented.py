@@ -18,6 +18,7 @@ from memsvc.models import SearchHit, SessionRecord, StoredSession
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    Fork,
     Idempotency,
     ListCursor,
     MessageRange,
@@ -80,10 +81,11 @@ class InstrumentedStore:
         self._deadlines = Deadlines(timeout) if timeout is not None else None
         self._self_timed = store.self_timed
 
-    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+    async def _call(self, operation: str, call: Awaitable[T], *, timed: bool = True) -> T:
+        """`timed` False: no deadline around the whole operation (a fork: many steps, each bounded on its own)."""
         start = time.perf_counter()
         try:
-            if self._deadlines is None or operation in self._self_timed:
+            if self._deadlines is None or not timed or operation in self._self_timed:
                 return await call
             async with asyncio.timeout(None) as deadline:
                 self._deadlines.watch(deadline)
@@ -156,6 +158,12 @@ class InstrumentedStore:
             tenant, session_id, bodies, now, expected_version=expected_version, idempotency=idempotency, records=records
         )
         return await self._call('append_messages', call)
+
+    async def fork_session(
+        self, tenant: str, fork: Fork, *, idempotency: Idempotency | None = None, with_messages: bool = True
+    ) -> StoredSession | None:
+        call = self.inner.fork_session(tenant, fork, idempotency=idempotency, with_messages=with_messages)
+        return await self._call('fork_session', call, timed=False)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         return await self._call('get_messages', self.inner.get_messages(tenant, session_id, selection))

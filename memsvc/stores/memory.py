@@ -1,7 +1,8 @@
 """The embedded in-memory store: the reference implementation of the `Store` contract.
 
 Not persistent, and one process only. Everything runs on the event loop without awaiting in the
-middle of a change, so every method is atomic by construction. A session's messages are kept as the
+middle of a change, so every method is atomic by construction (a fork copies in steps into a log nothing else
+can reach, and publishes it in one step that awaits nothing). A session's messages are kept as the
 bytes they were encoded to, in a `MessageLog`; their ids are `first_id` (the id of the log's first message) to
 `next_id - 1` minus the session's `gaps` (`stores.gaps`: the ids deleted one by one or cut by a truncation),
 so reads by id or from the end are slices. The gaps are an empty tuple for a session that never lost a
@@ -21,6 +22,7 @@ not per message (a list of bytes per session would have the pass read the header
 a pause that shows in the tail latency of every request).
 """
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,19 +33,24 @@ from sortedcontainers import SortedList
 
 from memsvc.context import message_id
 from memsvc.errors import (
+    ForkSourceChanged,
     IdempotencyKeyReused,
     MessageNotFound,
     NotSupported,
+    SessionExists,
     SessionFull,
     SessionLimitReached,
+    SessionNotFound,
     SummaryNotFound,
     ThroughIdNotStored,
 )
-from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, StoredSession, fork_origin, to_micros, with_id
 from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    Fork,
+    ForkHook,
     Idempotency,
     Limits,
     ListCursor,
@@ -51,8 +58,12 @@ from memsvc.stores.base import (
     Summarized,
     Truncated,
     check_version,
+    summary_through,
 )
 from memsvc.stores.memory_log import MessageLog
+
+FORK_CHUNK_BYTES = 1024 * 1024
+"""The most bytes of messages one step of a fork copies (at least one message)."""
 
 
 @dataclass(slots=True)
@@ -69,17 +80,19 @@ class _Session:
     """The ids between `first_id` and `next_id` that are not stored (`stores.gaps`)."""
     summary: bytes = b''
     """As `set_summary` stored it; empty when none is set."""
+    forked_from: bytes = b''
     listed: ListCursor = (0, '')
     """Its place in the tenant's listing, (updated_at in µs, id), as of the last time the listing was sorted."""
 
     @classmethod
     def new(cls, record: SessionRecord) -> '_Session':
         session = cls(record.id, record.created_at, record.updated_at, record.metadata, record.version)
+        session.forked_from = record.forked_from
         session.listed = to_micros(record.updated_at), record.id
         return session
 
     def record(self) -> SessionRecord:
-        return SessionRecord(self.id, self.created_at, self.updated_at, self.metadata, self.version)
+        return SessionRecord(self.id, self.created_at, self.updated_at, self.metadata, self.version, self.forked_from)
 
     def touch(self, now: datetime) -> None:
         self.updated_at = now
@@ -188,6 +201,7 @@ class MemoryStore:
         self._tenants: dict[str, _Tenant] = {}
         self._limits = limits or Limits()
         self._max_messages = self._limits.max_messages
+        self.forks = ForkHook()
 
     def _tenant(self, tenant: str) -> _Tenant:
         part = self._tenants.get(tenant)
@@ -295,6 +309,82 @@ class MemoryStore:
         appended = Appended(stored, session.version)
         part.record(session_id, idempotency, appended)
         return appended
+
+    async def fork_session(
+        self, tenant: str, fork: Fork, *, idempotency: Idempotency | None = None, with_messages: bool = True
+    ) -> StoredSession | None:
+        """The copy is made in steps of at most `FORK_CHUNK_BYTES`, between which the loop runs other requests (a
+        step is one memcpy; copying 100,000 messages in one would hold the loop for tens of ms), into a log that
+        nothing else can reach; one synchronous step then checks again and publishes it. A write of the new id
+        meanwhile wins (the fork answers 409); messages of the source not yet copied must not go meanwhile, and the
+        source must still be the same session holding `through_id` at the end (else 409 `fork_source_changed`);
+        appends to it do not matter."""
+        part = self._tenant(tenant)
+        if isinstance(part.replay(fork.target, idempotency), SessionRecord):
+            return self._replayed(part, fork.target, with_messages)
+        source = part.sessions.get(fork.source)
+        if source is None:
+            return None
+        held, first, gaps = len(source.messages), source.first_id, source.gaps
+        through = fork.through_id
+        if through is None:
+            through = ids.id_at(gaps, first, held - 1) if held else None
+        elif not ids.holds(gaps, first, source.next_id, through):
+            raise MessageNotFound(fork.source, through)
+        if fork.target in part.sessions:
+            raise SessionExists(fork.target)
+        self._check_room(part)
+        copy = MessageLog() if through is None else await self._copy(part, source, through)
+        # the publishing step: nothing awaited from here on
+        if isinstance(part.replay(fork.target, idempotency), SessionRecord):
+            return self._replayed(part, fork.target, with_messages)
+        if part.sessions.get(fork.source) is not source or (
+            through is not None and not ids.holds(source.gaps, source.first_id, source.next_id, through)
+        ):
+            raise ForkSourceChanged(fork.source)
+        if fork.target in part.sessions:
+            raise SessionExists(fork.target)
+        self._check_room(part)
+        metadata = source.metadata if fork.metadata is None else fork.metadata
+        record = SessionRecord(fork.target, fork.now, fork.now, metadata, 0, fork_origin(fork.source, through))
+        session = _Session.new(record)
+        if through is not None:
+            session.messages, session.first_id, session.next_id = copy, first, through + 1
+            session.gaps = tuple(gap for gap in gaps if gap[0] < through)
+            if source.summary and summary_through(source.summary) <= through:
+                session.summary = source.summary
+        part.add(session)
+        part.record(fork.target, idempotency, record)
+        return self._stored(session, with_messages)
+
+    async def _copy(self, part: _Tenant, source: _Session, through: int) -> MessageLog:
+        """The source's messages up to `through`, copied step by step into a new log. Each step copies the run of
+        messages that holds the next ids expected (as stored when the fork began), found by id in the log as it is
+        now, and checks their first and last ids: a message not yet copied that went meanwhile fails the fork."""
+        first, gaps, source_id = source.first_id, source.gaps, source.id
+        total = ids.stored_below(gaps, first, source.next_id, through + 1)
+        copy = MessageLog()
+        while len(copy) < total:
+            if part.sessions.get(source_id) is not source:
+                raise ForkSourceChanged(source_id)
+            log, wanted = source.messages, ids.id_at(gaps, first, len(copy))
+            lo = _below(source, wanted)
+            hi = min(log.chunk_end(lo, FORK_CHUNK_BYTES), lo + total - len(copy))
+            last = ids.id_at(gaps, first, len(copy) + hi - lo - 1)
+            if hi > len(log) or message_id(log.message(lo)) != wanted or message_id(log.message(hi - 1)) != last:
+                raise ForkSourceChanged(source_id)
+            copy.copy_run(log, lo, hi)
+            if self.forks.chunk_written is not None:
+                await self.forks.chunk_written(len(copy))
+            if len(copy) < total:
+                await asyncio.sleep(0)
+        return copy
+
+    def _replayed(self, part: _Tenant, session_id: str, with_messages: bool) -> StoredSession:
+        session = part.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        return self._stored(session, with_messages)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         session = self._tenant(tenant).sessions.get(session_id)

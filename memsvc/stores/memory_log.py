@@ -1,6 +1,7 @@
 """A session's messages in the in-memory store (`memory.py`): one bytearray and an array of end offsets, which the
 garbage collector does not look into, so that any run of messages is one slice (one JSON array, one copy)."""
 
+import bisect
 from array import array
 from collections.abc import Sequence
 
@@ -45,6 +46,20 @@ class MessageLog:
         del self.ends[:count]
         del self.records[:count]
         self.dropped += cut
+
+    def copy_run(self, other: 'MessageLog', lo: int, hi: int) -> None:
+        """Append `other`'s messages at positions lo to hi - 1: one slice of its buffer and of its records; the end
+        offsets are moved into this log's (one subtraction each)."""
+        start = other.ends[lo - 1] - other.dropped if lo else 0
+        shift = other.dropped + start - self.dropped - len(self.text)  # other's offset of the run -> this log's
+        self.text += other.text[start : other.ends[hi - 1] - other.dropped]
+        self.ends.extend(array('Q', [end - shift for end in other.ends[lo:hi]]))
+        self.records.extend(other.records[lo:hi])
+
+    def chunk_end(self, lo: int, size: int) -> int:
+        """The position after the messages from `lo` on that fit in `size` bytes (at least one)."""
+        limit = (self.ends[lo - 1] if lo else self.dropped) + size
+        return max(bisect.bisect_right(self.ends, limit, lo), lo + 1)
 
     def remove(self, position: int) -> None:
         """Remove the message at `position`. The end offsets of the shorter side move: those after it down by its

@@ -9,7 +9,9 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
     {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
 
-`meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15).
+`meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15), and
+`forked_from` (JSON) on a fork. While a fork is copied, two hidden lists under the new session's hash tag,
+`:fork:<nonce>:msgs` and `:fork:<nonce>:counts`, hold the copy (`redis_fork`).
 
 The list holds the ids `first .. next_id - 1` minus the session's gaps (`stores.gaps`: ids deleted one by one or
 cut by a truncation), and only real messages, so the first id is derived, never stored (`next_id - LLEN - the ids
@@ -74,18 +76,20 @@ from memsvc.errors import (
     SummaryNotFound,
     ThroughIdNotStored,
 )
-from memsvc.models import SearchHit, SessionRecord, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, StoredSession, to_micros, with_id
 from memsvc.settings import Settings
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import (
     ANY_VERSION,
     Appended,
+    Fork,
     Idempotency,
     Limits,
     Summarized,
     Truncated,
 )
 from memsvc.stores.redis_client import Client, masked_url
+from memsvc.stores.redis_fork import RedisForks
 from memsvc.stores.redis_lua import Arg
 from memsvc.stores.redis_reads import RedisKeys, RedisReads, as_bytes, session_record
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
@@ -132,6 +136,7 @@ class RedisStore(RedisReads):
         self._max_messages = self._limits.max_messages
         self._tenant_keys: dict[str, RedisKeys] = {}
         self._reject_full = '1' if self._limits.reject_full else '0'
+        self.forks = RedisForks(self)
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
@@ -232,10 +237,10 @@ class RedisStore(RedisReads):
             if status == b'gone':
                 return None
             if status == b'ok':
-                created_at, updated_at, version = rest
+                created_at, updated_at, version, forked_from = rest
                 if self._index_beside:
                     await self._touch_index(keys, session_id, int(updated_at))
-                return session_record(session_id, created_at, updated_at, new, version)
+                return session_record(session_id, created_at, updated_at, new, version, forked_from or None)
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
@@ -354,6 +359,11 @@ class RedisStore(RedisReads):
         if self._index_beside:
             await self._touch_index(keys, session_id, int(updated_at))
         return int(version)
+
+    async def fork_session(
+        self, tenant: str, fork: Fork, *, idempotency: Idempotency | None = None, with_messages: bool = True
+    ) -> StoredSession | None:
+        return await self.forks.fork(tenant, fork, idempotency, with_messages)
 
     async def delete_message(
         self, tenant: str, session_id: str, message_id: int, now: datetime, *, expected_version: int | None = None

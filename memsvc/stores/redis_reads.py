@@ -46,8 +46,13 @@ class RedisKeys:
     def sessions(self) -> str:
         return f'{self.prefix}:{self.tenant}:sessions'
 
+    def fork_copy(self, session_id: str, nonce: str) -> tuple[str, str]:
+        """The hidden lists (messages, records) a fork into `session_id` copies into (`redis_fork`)."""
+        stem = f'{self.prefix}:{{{self.tenant}/{session_id}}}:fork:{nonce}'
+        return f'{stem}:msgs', f'{stem}:counts'
 
-_META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version')
+
+_META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version', 'forked_from')
 
 
 def as_bytes(value: bytes | str) -> bytes:
@@ -61,13 +66,16 @@ def _pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
     return [(reply[n], float(reply[n + 1])) for n in range(0, len(reply), 2)]
 
 
-def session_record(session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any) -> SessionRecord:
+def session_record(
+    session_id: str, created_at: Any, updated_at: Any, metadata: Any, version: Any, forked_from: Any = None
+) -> SessionRecord:
     return SessionRecord(
-        id=session_id,
-        created_at=from_micros(int(created_at)),
-        updated_at=from_micros(int(updated_at)),
-        metadata=bytes(metadata),
-        version=int(version),
+        session_id,
+        from_micros(int(created_at)),
+        from_micros(int(updated_at)),
+        bytes(metadata),
+        int(version),
+        b'' if forked_from is None else bytes(forked_from),
     )
 
 

@@ -215,11 +215,12 @@ return {'ok'}
 )
 
 # Compare-and-set: `seen` is the metadata `apply` saw, `new` its result.
-# 'ok', created_at, updated_at, version; or 'gone', 'stale', 'changed' (the metadata changed meanwhile).
+# 'ok', created_at, updated_at, version, forked_from ('' when none); or 'gone', 'stale', 'changed' (the metadata
+# changed meanwhile).
 SET_METADATA = Script(
     'set_metadata',
     """
-local state = redis.call('HMGET', meta, 'metadata', 'version', 'updated_at', 'created_at')
+local state = redis.call('HMGET', meta, 'metadata', 'version', 'updated_at', 'created_at', 'forked_from')
 if not state[1] then return {'gone'} end
 local answer = stale(state[2])
 if answer then return answer end
@@ -228,7 +229,7 @@ local updated = later(state[3], now)
 redis.call('HSET', meta, 'metadata', new, 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
-return {'ok', state[4], updated, version}
+return {'ok', state[4], updated, version, state[5] or ''}
 """,
     prefix=SESSION,
     args=('seen', 'new'),

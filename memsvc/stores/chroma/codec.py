@@ -176,6 +176,7 @@ class SessionRow:
             updated_at=max(old.updated_at, now),
             metadata=old.metadata if metadata is None else metadata,
             version=old.version + 1,
+            forked_from=old.forked_from,
         )
         return SessionRow(
             record,
@@ -198,6 +199,7 @@ class SessionRow:
             'version': record.version,
             'summary': self.summary,
             'gaps': ids.format(self.gaps),
+            'forked_from': record.forked_from.decode(),
         }
 
     @classmethod
@@ -208,6 +210,7 @@ class SessionRow:
             updated_at=from_micros(as_int(meta['updated_at'])),
             metadata=str(meta['metadata']).encode(),
             version=as_int(meta['version']),
+            forked_from=str(meta.get('forked_from') or '').encode(),
         )
         first_id, next_id = as_int(meta['first_id']), as_int(meta['next_id'])
         return cls(record, first_id, next_id, str(meta.get('summary') or ''), ids.parse(str(meta.get('gaps') or '')))
@@ -244,6 +247,17 @@ def message_records(
                 'record': count,
             }
         )
+    return records
+
+
+def forked_records(tenant: str, target: str, found_metadatas: Sequence[Meta], attempt: str) -> MessageRecords:
+    """The records of a fork's copies of `found_metadatas` (a source's message records): the same messages, documents
+    and records under the new session's ids, marked with the fork's `attempt`. Documents are the caller's."""
+    records = MessageRecords([], [], [])
+    for meta in found_metadatas:
+        seq = as_int(meta['seq'])
+        records.ids.append(message_record_id(tenant, target, seq))
+        records.metadatas.append({**meta, 'session_id': target, 'attempt': attempt})  # type: ignore[dict-item]
     return records
 
 

@@ -58,6 +58,7 @@ from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    Fork,
     Idempotency,
     Limits,
     ListCursor,
@@ -82,6 +83,7 @@ from memsvc.stores.chroma.codec import (
     session_record_id,
     where,
 )
+from memsvc.stores.chroma.fork import ChromaForks
 from memsvc.stores.chroma.operations import IDS_PER_CALL, Chroma, chunks
 from memsvc.stores.chroma.search import Search
 from memsvc.stores.chroma.transport import Transport
@@ -110,6 +112,7 @@ class ChromaStore:
         self._executor = executor
         self._limits = Limits.from_settings(settings)
         self._writes = Writes()
+        self.forks = ChromaForks(self)
 
     async def open(self) -> None:
         """Create (or find) the collections; raises `BackendUnavailable` naming the Chroma when it does not answer."""
@@ -402,6 +405,12 @@ class ChromaStore:
         if first_id > row.first_id:
             await self._delete_messages(tenant, session_id, below=first_id)
         return Appended(stored, version)
+
+    async def fork_session(
+        self, tenant: str, fork: Fork, *, idempotency: Idempotency | None = None, with_messages: bool = True
+    ) -> StoredSession | None:
+        """See `fork.py`: under the new id's lock, run to its end like every write."""
+        return await self._writes.locked(tenant, fork.target, self.forks.fork, fork, idempotency, with_messages)
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes | None:
         row = await self._read(tenant, session_id)

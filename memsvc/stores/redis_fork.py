@@ -1,0 +1,322 @@
+"""Forks on Redis: a copy made in bounded steps, out of sight, published by one atomic script.
+
+Keys (beside those of `memsvc.stores.redis`): a fork into `<id>` copies into two hidden lists under the new
+session's own hash tag, named with a nonce of this fork,
+
+    {p}:{<tenant>/<id>}:fork:<nonce>:msgs     LIST  the copied messages, oldest first
+    {p}:{<tenant>/<id>}:fork:<nonce>:counts   LIST  their records (0 for a message stored without one)
+
+which no read, listing or search names (they are found only by their nonce, which only the fork holds), and which
+expire `FORK_HIDDEN_TTL_SECONDS` after the last chunk written to them.
+
+Steps:
+1. At once: the source's state (a MULTI/EXEC in its slot: created_at, next_id, LLEN) and, in the target's slot, the
+   Idempotency-Key's record and whether the id is taken. A recorded key answers the fork as it is now; then 404
+   (no source, or `through_id` not stored), 409 (the id is taken).
+2. Chunks, oldest first: each read of the source (`GET_COUNTED` by id, in its slot) is sent with the write of the
+   chunk before it (a MULTI/EXEC of RPUSH and EXPIRE on the hidden lists, in the target's slot): one round-trip
+   time per chunk. A chunk holds at most `CHUNK_MESSAGES` messages and about `CHUNK_BYTES` bytes (its size follows
+   the sizes of the messages read so far), so no single command holds Redis for more than a fraction of a
+   millisecond and no reply holds the event loop longer. A chunk that does not start at the id asked for, or
+   is short, means the source lost those messages (trimmed, cleared, deleted): 409 `fork_source_changed`.
+3. Check the source again: the same session (created_at: not deleted and made again), still holding `through_id`
+   (not cleared, not trimmed past it; else 409 `fork_source_changed`). Messages never change once stored, so the
+   copy is the source's history up to `through_id`. Its metadata and summary are read here.
+4. Publish (`FORK_PUBLISH`, in the target's slot, atomic): the key's record and the id are checked again (an
+   append or create of the id while the copy ran wins, and the fork answers 409), the hidden lists must hold
+   the whole copy (else 503: they expired), then they are renamed to the new session's lists and its meta,
+   summary, TTLs, index entry (single Redis) and Idempotency-Key record are written. On Cluster the index is
+   updated right after, as for a create: this step is the only one that spans two slots.
+
+A fork that fails on the way deletes its hidden lists; one that stops (a crash, a lost connection) leaves them to
+expire. A source deleted or cleared between step 3 and step 4 does not undo the fork: it is a copy of the source
+as step 3 saw it. Appends to the source after `through_id` never matter.
+"""
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+from memsvc.errors import (
+    BackendUnavailable,
+    ForkSourceChanged,
+    IdempotencyKeyReused,
+    MessageNotFound,
+    SessionExists,
+    SessionLimitReached,
+    SessionNotFound,
+)
+from memsvc.models import SessionRecord, StoredSession, fork_origin, json_array, to_micros
+from memsvc.stores import gaps as ids
+from memsvc.stores import redis_scripts as lua
+from memsvc.stores.base import FORK_HIDDEN_TTL_SECONDS, Fork, Idempotency, summary_through
+from memsvc.stores.redis_lua import Script
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from memsvc.stores.redis import RedisStore
+    from memsvc.stores.redis_reads import RedisKeys
+
+CHUNK_MESSAGES: Final = 1000
+"""Most messages one step copies."""
+CHUNK_BYTES: Final = 512 * 1024
+"""About the most bytes one step copies (at least one message)."""
+FIRST_CHUNK: Final = 256
+
+# `count` messages are in the hidden lists `copy_msgs` and `copy_counts`; `next_id`, `metadata`, `forked_from`,
+# `gaps` ('' for none) and `text` (the summary, '' for none) are the new session's. 'ok'; or 'replay', 'reused',
+# 'exists', 'limit', 'lost' (the hidden lists do not hold the whole copy).
+FORK_PUBLISH = Script(
+    'fork_publish',
+    lua.SESSION.source,
+    lua.ROOM,
+    """
+local function drop() redis.call('DEL', copy_msgs, copy_counts) end
+local answer = recorded()
+if answer then drop() return answer end
+if redis.call('EXISTS', meta) == 1 then drop() return {'exists'} end
+if not room() then drop() return {'limit'} end
+local n = tonumber(count)
+if redis.call('LLEN', copy_msgs) ~= n or redis.call('LLEN', copy_counts) ~= n then drop() return {'lost'} end
+redis.call('DEL', msgs, counts, summary)
+if n > 0 then
+  redis.call('RENAME', copy_msgs, msgs)
+  redis.call('RENAME', copy_counts, counts)
+end
+redis.call('HSET', meta, 'created_at', now, 'updated_at', now, 'metadata', metadata, 'next_id', next_id,
+           'version', '0', 'forked_from', forked_from)
+if text ~= '' then redis.call('SET', summary, text) end
+if gaps ~= '' then redis.call('HSET', meta, 'gaps', gaps) end
+refresh(now)
+record('fork')
+return {'ok'}
+""",
+    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'copy_msgs', 'copy_counts', 'sessions?'),
+    args=(
+        'now',
+        'ttl',
+        'cutoff',
+        'session_id',
+        'expected',
+        'fingerprint',
+        'idem_ttl',
+        'max_sessions',
+        'count',
+        'next_id',
+        'metadata',
+        'forked_from',
+        'gaps',
+        'text',
+    ),
+)
+
+
+def _message_id(message: bytes) -> int:
+    """The id of a stored message (`models.with_id` writes it first)."""
+    return int(message[6 : message.index(b',')])
+
+
+class RedisForks:
+    """`RedisStore.fork_session`. `chunk_written` is a test hook, awaited after each chunk with the number written."""
+
+    def __init__(self, store: 'RedisStore') -> None:
+        self._store = store
+        self._redis = store._redis
+        self.chunk_written: Callable[[int], Awaitable[None]] | None = None
+
+    async def fork(
+        self, tenant: str, fork: Fork, idempotency: Idempotency | None, with_messages: bool
+    ) -> StoredSession | None:
+        store, redis = self._store, self._redis
+        keys = store._keys(tenant)
+        source, target = fork.source, fork.target
+        state, taken = await _both_calls(
+            redis.transaction(
+                ('HMGET', keys.meta(source), 'created_at', 'next_id', 'gaps'), ('LLEN', keys.msgs(source))
+            ),
+            redis.transaction(
+                ('HGET', keys.idempotency(target, idempotency.key if idempotency else '-'), 'fingerprint'),
+                ('EXISTS', keys.meta(target)),
+            ),
+        )
+        (created_at, next_id, gaps_text), held = state[0], int(state[1])
+        recorded, exists = taken
+        if idempotency is not None and recorded is not None:
+            if bytes(recorded).decode() != idempotency.fingerprint:
+                raise IdempotencyKeyReused()
+            return await self._replayed(tenant, target, with_messages)
+        if created_at is None:
+            return None
+        next_id, gaps = int(next_id), ids.parse(gaps_text)
+        first = next_id - held - ids.missing(gaps)
+        through = fork.through_id
+        if through is None:
+            through = ids.id_at(gaps, first, held - 1) if held else None
+        elif not ids.holds(gaps, first, next_id, through):
+            raise MessageNotFound(source, through)
+        if exists:
+            raise SessionExists(target)
+        if store._index_beside:
+            await store._check_room(keys, target)
+        nonce = uuid.uuid4().hex
+        copy = keys.fork_copy(target, nonce)
+        try:
+            copied = [] if through is None else await self._copy(keys, source, (first, next_id, gaps), through, copy)
+            fork_gaps = ids.format(tuple(gap for gap in gaps if through is not None and gap[0] < through))
+            return await self._publish(
+                tenant, keys, fork, through, bytes(created_at), copied, fork_gaps, idempotency, with_messages, nonce
+            )
+        except Exception:
+            await redis.command('DEL', *copy)
+            raise
+
+    async def _copy(
+        self, keys: 'RedisKeys', source: str, stored: tuple[int, int, ids.Gaps], through: int, copy: tuple[str, str]
+    ) -> list[bytes]:
+        """Copy the source's messages up to `through` into the hidden lists `copy`, chunk by chunk, and return them.
+        `stored` is (first, next_id, gaps) when the fork began: each chunk must hold the ids expected from it, so a
+        message not yet copied that went meanwhile (deleted, truncated, trimmed, cleared) fails the fork."""
+        redis = self._redis
+        first, next_id, gaps = stored
+        total = ids.stored_below(gaps, first, next_id, through + 1)
+        copied: list[bytes] = []
+        size, pending, asked = FIRST_CHUNK, None, 0
+        while asked < total or pending is not None:
+            want = min(size, total - asked)
+            read = None
+            if want > 0:
+                after = ids.id_at(gaps, first, asked - 1) if asked else 0
+                read = redis.script(
+                    lua.GET_COUNTED.bind(
+                        meta=keys.meta(source),
+                        msgs=keys.msgs(source),
+                        counts=keys.counts(source),
+                        limit=str(want),
+                        before='',
+                        after=str(after),
+                    )
+                )
+            reply, _ = await _both_calls(read, pending)
+            if pending is not None and self.chunk_written is not None:
+                await self.chunk_written(len(copied))
+            pending = None
+            if reply is None:
+                continue
+            expected = (ids.id_at(gaps, first, asked), ids.id_at(gaps, first, asked + want - 1))
+            messages, records = _chunk(source, reply, expected, want)
+            pending = redis.transaction(
+                ('RPUSH', copy[0], *messages),
+                ('RPUSH', copy[1], *records),
+                ('EXPIRE', copy[0], FORK_HIDDEN_TTL_SECONDS),
+                ('EXPIRE', copy[1], FORK_HIDDEN_TTL_SECONDS),
+            )
+            copied += messages
+            asked += want
+            average = max(sum(map(len, messages)) // len(messages), 1)
+            size = max(1, min(CHUNK_MESSAGES, CHUNK_BYTES // average))
+        return copied
+
+    async def _publish(
+        self,
+        tenant: str,
+        keys: 'RedisKeys',
+        fork: Fork,
+        through: int | None,
+        created_at: bytes,
+        copied: list[bytes],
+        gaps: str,
+        idempotency: Idempotency | None,
+        with_messages: bool,
+        nonce: str,
+    ) -> StoredSession:
+        store, redis = self._store, self._redis
+        source, target = fork.source, fork.target
+        check = await redis.transaction(
+            ('HMGET', keys.meta(source), 'created_at', 'next_id', 'metadata', 'gaps'),
+            ('LLEN', keys.msgs(source)),
+            ('GET', keys.summary(source)),
+        )
+        (now_created, now_next, metadata, now_gaps), now_held, summary = check
+        if now_created is None or bytes(now_created) != created_at:
+            raise ForkSourceChanged(source)  # deleted (and perhaps made again)
+        if through is not None:
+            current = ids.parse(now_gaps)
+            if not ids.holds(current, int(now_next) - int(now_held) - ids.missing(current), int(now_next), through):
+                raise ForkSourceChanged(source)  # cleared, truncated, or trimmed past through_id
+        metadata = bytes(metadata) if fork.metadata is None else fork.metadata
+        text = b'' if summary is None or through is None or summary_through(bytes(summary)) > through else summary
+        origin = fork_origin(source, through)
+        micros = to_micros(fork.now)
+        copy_msgs, copy_counts = keys.fork_copy(target, nonce)
+        call = FORK_PUBLISH.bind(
+            meta=keys.meta(target),
+            msgs=keys.msgs(target),
+            counts=keys.counts(target),
+            summary=keys.summary(target),
+            idem=keys.idempotency(target, idempotency.key if idempotency else '-'),
+            copy_msgs=copy_msgs,
+            copy_counts=copy_counts,
+            sessions=None if store._index_beside else keys.sessions(),
+            now=str(micros),
+            ttl=store._ttl,
+            cutoff=store._cutoff(micros),
+            session_id=target,
+            expected='',
+            fingerprint=idempotency.fingerprint if idempotency else '',
+            idem_ttl=idempotency.ttl_seconds if idempotency else 0,
+            max_sessions=store._limits.max_sessions,
+            count=len(copied),
+            next_id=str(1 if through is None else through + 1),
+            metadata=metadata,
+            forked_from=origin,
+            gaps=gaps,
+            text=bytes(text),
+        )
+        status = bytes((await redis.script(call))[0])
+        if status == b'exists':
+            raise SessionExists(target)
+        if status == b'limit':
+            raise SessionLimitReached(store._limits.max_sessions)
+        if status == b'reused':
+            raise IdempotencyKeyReused()
+        if status == b'replay':
+            return await self._replayed(tenant, target, with_messages)
+        if status == b'lost':
+            raise BackendUnavailable(f'the copy of {source!r} expired before it was published; retry')
+        if store._index_beside:
+            await store._touch_index(keys, target, to_micros(fork.now))
+        record = SessionRecord(target, fork.now, fork.now, metadata, 0, origin)
+        return StoredSession(record, json_array(copied) if with_messages else b'[]')
+
+    async def _replayed(self, tenant: str, session_id: str, with_messages: bool) -> StoredSession:
+        found = await self._store.get_session(tenant, session_id, with_messages=with_messages)
+        if found is None:
+            raise SessionNotFound(session_id)
+        return found
+
+
+def _chunk(source: str, reply: Any, expected: tuple[int, int], want: int) -> tuple[list[bytes], list[bytes | int]]:
+    """The messages and records of a `GET_COUNTED` reply that must hold `want` messages from id `expected[0]` to
+    `expected[1]` (then it holds exactly the ids expected: ids are never reused, so a source can only have lost
+    some of them, and then the count or an end is off)."""
+    if not reply:
+        raise ForkSourceChanged(source)
+    _, messages, records = reply
+    if len(messages) != want or (_message_id(bytes(messages[0])), _message_id(bytes(messages[-1]))) != expected:
+        raise ForkSourceChanged(source)
+    return list(map(bytes, messages)), [0] * (len(messages) - len(records)) + list(records)
+
+
+async def _both_calls(first: 'Awaitable[Any] | None', second: 'Awaitable[Any] | None') -> tuple[Any, Any]:
+    """Two calls at once (either may be None, answered None), in one round-trip time; if either fails, its error is
+    raised after both end."""
+    results = await asyncio.gather(first or _nothing(), second or _nothing(), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results[0], results[1]
+
+
+async def _nothing() -> None:
+    return None
