@@ -47,15 +47,6 @@ class MessageLog:
         del self.records[:count]
         self.dropped += cut
 
-    def copy_run(self, other: 'MessageLog', lo: int, hi: int) -> None:
-        """Append `other`'s messages at positions lo to hi - 1: one slice of its buffer and of its records; the end
-        offsets are moved into this log's (one subtraction each)."""
-        start = other.ends[lo - 1] - other.dropped if lo else 0
-        shift = other.dropped + start - self.dropped - len(self.text)  # other's offset of the run -> this log's
-        self.text += other.text[start : other.ends[hi - 1] - other.dropped]
-        self.ends.extend(array('Q', [end - shift for end in other.ends[lo:hi]]))
-        self.records.extend(other.records[lo:hi])
-
     def chunk_end(self, lo: int, size: int) -> int:
         """The position after the messages from `lo` on that fit in `size` bytes (at least one)."""
         limit = (self.ends[lo - 1] if lo else self.dropped) + size
@@ -101,3 +92,34 @@ class MessageLog:
             return b'[]'
         start = 0 if lo == 0 else self.ends[lo - 1] - self.dropped
         return b'[' + self.text[start : self.ends[hi - 1] - self.dropped - 1] + b']'
+
+
+class LogCopy:
+    """A copy of runs of other logs' messages, made in steps: its buffer is allocated once at its full size (the
+    kernel zeroes pages lazily), so that no step reallocates, and so copies, what was copied before."""
+
+    __slots__ = ('filled', 'log')
+
+    def __init__(self, size: int) -> None:
+        self.log = MessageLog()
+        self.log.text = bytearray(size)
+        self.filled = 0
+
+    def add(self, other: MessageLog, lo: int, hi: int) -> None:
+        """Append `other`'s messages at positions lo to hi - 1: one copy of their bytes and records, and their end
+        offsets moved into the copy's (one subtraction each)."""
+        log, start = self.log, other.ends[lo - 1] - other.dropped if lo else 0
+        end = other.ends[hi - 1] - other.dropped
+        size = end - start
+        if self.filled + size > len(log.text):
+            log.text.extend(bytes(self.filled + size - len(log.text)))
+        with memoryview(other.text) as view:
+            log.text[self.filled : self.filled + size] = view[start:end]
+        shift = other.dropped + start - self.filled
+        log.ends.extend(array('Q', [offset - shift for offset in other.ends[lo:hi]]))
+        log.records.extend(other.records[lo:hi])
+        self.filled += size
+
+    def done(self) -> MessageLog:
+        del self.log.text[self.filled :]
+        return self.log
