@@ -8,7 +8,9 @@
 - `anthropic`: Messages API `system` (every system/developer text and the summary, joined by a blank line)
   and `messages` of content blocks: `text`, `tool_use` (`input` parsed from `arguments`; arguments that are
   not a JSON object are kept as `{"_raw": "<arguments>"}`, empty arguments are `{}`) and `tool_result` blocks
-  in a `user` turn; consecutive turns of one role are merged into one.
+  in a `user` turn; consecutive turns of one role are merged into one. The first turn is always a `user` one:
+  the oldest units up to the first user message are left out when the budget or the summary cut between a
+  question and its answer (the API refuses a first assistant turn); they count in `dropped`.
 - `memsvc`: the stored messages byte for byte, the summary as a `system` message without an `id`.
 
 Fields a format has no place for are left out: names in `responses` and `anthropic` (and on tool messages in
@@ -191,6 +193,27 @@ def _anthropic(window: Window, counter: TokenCounter) -> tuple[str | None, list[
     return text, turns, tokens + REPLY_PRIMING if text is not None or turns else 0
 
 
+_ASSISTANT: Final = b'"role":"assistant"'
+
+
+def _drop_leading_assistants(window: Window) -> None:
+    """Leave out the oldest units up to the first that opens a `user` turn: the Messages API answers 400 to
+    `messages` whose first turn is the assistant's ("first message must use the user role"), which a window
+    cut between a question and its answer would otherwise start with. They count in `dropped`."""
+    units = window.units
+    first = 0  # the first unit that opens a turn (system/developer ones go to `system`, wherever they are)
+    while first < len(units):
+        raw, value = units[first][0]
+        if kind_of(value) != INSTRUCTION:
+            if not raw.startswith(_ASSISTANT, raw.index(b',', _ID_END) + 1):
+                return  # a user message (a tool message opens no unit: those without their call are left out)
+            window.dropped += sum(len(unit) for unit in units[: first + 1])
+            del units[: first + 1]  # the contiguous window goes on from the next unit
+            first = 0
+            continue
+        first += 1
+
+
 def _provider_messages(window: Window, format: Literal['openai', 'responses', 'memsvc']) -> list[Any]:
     summary = window.summary
     messages: list[Any] = []
@@ -225,10 +248,12 @@ def render(window: Window, format: Format, counter: TokenCounter) -> ContextWind
         return ContextWindow(
             format, messages, None, window.tokens, window.dropped, window.first_id, window.summary is not None
         )
+    _drop_leading_assistants(window)
     system, messages, tokens = _anthropic(window, counter)
     while window.max_tokens is not None and tokens > window.max_tokens:
         if not window.units:
             raise ContextBudgetTooSmall(tokens, window.max_tokens)
         window.dropped += len(window.units.pop(0))
+        _drop_leading_assistants(window)
         system, messages, tokens = _anthropic(window, counter)
     return ContextWindow(format, messages, system, tokens, window.dropped, window.first_id, window.summary is not None)

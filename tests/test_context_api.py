@@ -130,12 +130,13 @@ async def test_anthropic_window_merges_turns_and_moves_system_text(client: Check
 async def test_anthropic_keeps_arguments_that_are_not_json_as_raw(client: CheckedClient) -> None:
     broken = {'id': 'c9', 'type': 'function', 'function': {'name': 'run', 'arguments': '{"cmd": ls'}}
     sent = [
+        {'role': 'user', 'content': 'list it'},
         {'role': 'assistant', 'content': '', 'tool_calls': [broken]},
         {'role': 'tool', 'content': 'ok', 'tool_call_id': 'c9'},
     ]
     assert (await client.post(f'{API}/sessions/raw/messages', json=sent)).status == 201
     answer = await context(client, 'raw', format='anthropic')
-    assert answer['messages'][0]['content'] == [
+    assert answer['messages'][1]['content'] == [
         {'type': 'tool_use', 'id': 'c9', 'name': 'run', 'input': {'_raw': '{"cmd": ls'}}
     ]
 
@@ -176,7 +177,8 @@ async def test_a_tool_unit_is_kept_or_dropped_whole(client: CheckedClient, o200k
     for format in ('responses', 'anthropic', 'memsvc'):
         answer = await context(client, max_tokens=exact - 1, format=format)
         assert answer['tokens'] <= exact - 1
-        assert answer['dropped'] == 4
+        # anthropic: the answer would open the turns, which the Messages API refuses: it goes too
+        assert answer['dropped'] == (5 if format == 'anthropic' else 4)
 
 
 @fast

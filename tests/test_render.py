@@ -162,6 +162,48 @@ def test_anthropic_keeps_the_budget_with_its_system_text(counter: TokenCounter) 
             assert session.context(budget, format=format).tokens <= budget
 
 
+def test_anthropic_never_starts_with_an_assistant_turn(counter: TokenCounter) -> None:
+    session = Session(
+        counter,
+        {'role': 'system', 'content': 'sys'},
+        {'role': 'user', 'content': 'What is the weather in Paris?'},  # 2
+        {'role': 'assistant', 'content': 'Looking.', 'tool_calls': [call('c1')]},  # 3
+        {'role': 'tool', 'content': 'sunny', 'tool_call_id': 'c1'},  # 4
+        {'role': 'system', 'content': 'be brief'},  # 5
+        {'role': 'assistant', 'content': 'Sunny.'},  # 6
+        {'role': 'user', 'content': 'Thanks!'},  # 7
+        {'role': 'assistant', 'content': 'You are welcome.'},  # 8
+    )
+    # the budget cuts between 2 and its answer: 3 to 6 (a unit, a system text, an answer) go before the user's 7
+    budget = REPLY_PRIMING + session.tokens(1, *range(3, 9))
+    openai = session.context(budget, format='memsvc')
+    assert (ids(openai), openai.dropped, openai.first_id) == ([1, 3, 4, 5, 6, 7, 8], 1, 1)
+    window = session.context(budget, format='anthropic')
+    assert window.system == 'sys'
+    assert [turn['role'] for turn in sent(window)] == ['user', 'assistant']
+    assert sent(window)[0]['content'] == [{'type': 'text', 'text': 'Thanks!'}]
+    assert (window.dropped, window.first_id) == (5, 1)
+    assert window.tokens == REPLY_PRIMING + counter.text('sys') + session.tokens(7, 8)
+    # the summary covers the question: its answer goes too
+    summarized = session.context(summary=session.summary('Asked about the weather.', 2), format='anthropic')
+    assert [turn['role'] for turn in sent(summarized)] == ['user', 'assistant']
+    assert summarized.system == 'sys\n\nAsked about the weather.'
+    # without a pinned run, first_id is the first message kept
+    bare = Session(counter, *session_messages(session)[1:])
+    cut = bare.context(REPLY_PRIMING + bare.tokens(*range(2, 8)), format='anthropic')
+    assert (cut.first_id, cut.dropped) == (6, 5)
+    # a system text right before a user turn stays
+    kept = Session(counter, {'role': 'system', 'content': 'a'}, {'role': 'user', 'content': 'b'})
+    assert kept.context(format='anthropic').dropped == 0
+
+
+def session_messages(session: Session) -> list[dict[str, Any]]:
+    messages = [orjson.loads(raw) for raw, _ in session.stored]
+    for message in messages:
+        del message['id'], message['timestamp']
+    return messages
+
+
 def test_memsvc_rendering_is_the_stored_bytes(counter: TokenCounter) -> None:
     session = chat(counter)
     window = session.context(summary=session.summary('s', 3), format='memsvc')
@@ -302,6 +344,8 @@ def test_any_window_fits_its_budget_and_never_orphans_a_tool_result(
     assert stored.first_id == (kept[0] if kept else None)
     after_pinned = kept[len(session.pinned) :]
     assert all(through is None or kept_id > through for kept_id in after_pinned)
+    anthropic = session.context(budget, summary, 'anthropic')
+    assert not sent(anthropic) or sent(anthropic)[0]['role'] == 'user'
     roles = [m['role'] for m in sent(openai)]
     for i, role in enumerate(roles):
         if role == 'tool':  # answers the assistant call right before it, or follows another answer
