@@ -63,12 +63,17 @@ def kind(message: Mapping[str, Any]) -> int:
 
 
 _BARE_FIELDS: Final = frozenset({'id', 'role', 'content', 'timestamp'})
+_BARE_FLAGS: Final = {'user': PLAIN | BARE, 'assistant': PLAIN | BARE, 'system': INSTRUCTION | BARE}
+_BARE_FLAGS['developer'] = INSTRUCTION | BARE
 
 
 def record(counter: TokenCounter, message: Mapping[str, Any]) -> int:
     """What a store keeps next to a message for the window: its count under `counter`, its `kind` and the
     `BARE` flag, as one non-negative int below 2**63. Takes a `NewMessage` at append, or a stored message
     decoded (for an encoding whose records are not stored)."""
+    flags = _BARE_FLAGS.get(message['role'])
+    if flags is not None and message.keys() <= _BARE_FIELDS:  # the common message: a role and a content
+        return counter.bare(message['role'], message['content']) << _KIND_BITS | flags
     bare = message['role'] != 'tool' and all(value is None for key, value in message.items() if key not in _BARE_FIELDS)
     return counter.message(message) << _KIND_BITS | kind(message) | (BARE if bare else 0)
 

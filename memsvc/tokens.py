@@ -134,13 +134,19 @@ def tool_call_parts(call: Any) -> tuple[str, str, str]:
 class TokenCounter:
     """Counts text and messages under one encoding. Build one per encoding per process (`load_counter`)."""
 
-    __slots__ = ('_encode', '_roles', 'encoding', 'name')
+    __slots__ = ('_encode', '_framed', '_roles', 'encoding', 'name')
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self.encoding = encoding
         self.name = encoding.name
         self._encode = encoding.encode_ordinary  # special-token text in a message is text, as the API treats it
         self._roles = {role: len(self._encode(role)) for role in ('system', 'developer', 'user', 'assistant', 'tool')}
+        self._framed = {role: MESSAGE_OVERHEAD + tokens for role, tokens in self._roles.items()}
+
+    def bare(self, role: str, content: str) -> int:
+        """`message({'role': role, 'content': content})` for one of the five roles, without the look-ups a
+        message with more fields needs: the count every plain message appended pays for."""
+        return self._framed[role] + len(self._encode(content)) if content else self._framed[role]
 
     def text(self, text: str) -> int:
         """Tokens of `text` alone, without any framing."""

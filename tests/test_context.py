@@ -35,6 +35,8 @@ def counter() -> TokenCounter:
 def test_a_record_holds_the_count_and_kind_of_a_message(counter: TokenCounter) -> None:
     cases: list[tuple[NewMessage, int]] = [
         ({'role': 'user', 'content': 'hi'}, PLAIN | BARE),
+        ({'role': 'user', 'content': ''}, PLAIN | BARE),
+        ({'role': 'system', 'content': 'Ünïcode ✓ <|endoftext|>'}, INSTRUCTION | BARE),
         ({'role': 'assistant', 'content': 'hi', 'metadata': None, 'name': None}, PLAIN | BARE),
         ({'role': 'assistant', 'content': 'hi', 'name': 'bot'}, PLAIN),
         ({'role': 'assistant', 'content': '', 'tool_calls': [call('c1')]}, CALL),
