@@ -11,6 +11,7 @@ not counted, and instructions are not time (cache misses are not in them): use i
     python -m bench.instructions append                 # memsvc on in_memory, one message per request
     python -m bench.instructions get20 --store redis    # needs REDIS_URL (default 127.0.0.1:6379)
     python -m bench.instructions context                # the context window (max_tokens 4000, openai) of 20
+    python -m bench.instructions context --history 100000   # ... of one session of 100,000 messages
     python -m bench.instructions append --ceiling       # the bare-aiohttp ceiling
 """
 
@@ -118,13 +119,20 @@ async def _serve(args: argparse.Namespace) -> None:
 
         key_prefix = f'bench-instructions-{os.getpid()}'
         slow = {'redis_connect_timeout': 60, 'redis_pool_timeout': 60, 'redis_socket_timeout': 60}  # valgrind is slow
-        settings = Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING', **slow)
+        batches = {'max_batch': 1000} if args.history else {}  # seeded 1,000 at a time
+        settings = Settings(memory_type=args.store, key_prefix=key_prefix, log_level='WARNING', **slow, **batches)
         runner = EdgeRunner(create_app(settings), settings, 1000, access_log=None)  # as `memsvc serve` runs it
     await runner.setup()
     run = _Run(asyncio.get_running_loop())
     twenty = b'[' + b','.join([MESSAGE] * 20) + b']'
     await run.requests(runner.server, [_post(f'{API}/read-{n}/messages', twenty) for n in range(CONNECTIONS)], 64)
     requests = [REQUESTS[args.scenario](n) for n in range(CONNECTIONS)]
+    if args.history:  # every connection reads one session of `history` messages, appended 1,000 at a time
+        batch = b'[' + b','.join([MESSAGE] * 1000) + b']'
+        seed = [_post(f'{API}/long/messages', batch)]
+        for _ in range(args.history // 1000):
+            await run.requests(runner.server, seed, 1)
+        requests = [REQUESTS[args.scenario]('x').replace(b'/read-x/', b'/long/') for _ in range(CONNECTIONS)]
     await run.requests(runner.server, requests, 640)  # warm up
     await run.requests(runner.server, requests, args.count)
     await runner.cleanup()
@@ -133,6 +141,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def _instructions(args: argparse.Namespace, count: int) -> int:
     argv = [sys.executable, '-m', 'bench.instructions', args.scenario, '--store', args.store, '--count', str(count)]
     argv += ['--ceiling'] if args.ceiling else []
+    argv += ['--history', str(args.history)] if args.history else []
     valgrind = ['valgrind', '--tool=callgrind', '--callgrind-out-file=/dev/null']
     done = subprocess.run([*valgrind, *argv, '--inside'], capture_output=True, text=True)
     if done.returncode != 0:
@@ -147,6 +156,9 @@ def main() -> None:
     parser.add_argument('--store', default='in_memory', choices=['in_memory', 'redis'])
     parser.add_argument('--ceiling', action='store_true', help='count the bare-aiohttp ceiling instead')
     parser.add_argument('--count', type=int, default=640, help='N: the runs take N and 4N requests')
+    parser.add_argument(
+        '--history', type=int, default=0, help='read one session of this many messages (a multiple of 1,000)'
+    )
     parser.add_argument('--inside', action='store_true', help=argparse.SUPPRESS)  # the run under valgrind
     args = parser.parse_args()
     if args.inside:

@@ -8,25 +8,18 @@ replay) are the stores', atomic with their writes: `stores/base.py` says which a
 nothing about HTTP.
 """
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
-from memsvc.context import Counted, Summary, afit, leading_instructions, message_id, record
-from memsvc.errors import (
-    InvalidCursor,
-    InvalidInput,
-    MessageNotFound,
-    SessionExists,
-    SessionNotFound,
-    SummaryNotFound,
-)
+from memsvc import window
+from memsvc.context import message_id, record
+from memsvc.errors import InvalidCursor, InvalidInput, MessageNotFound, SessionExists, SessionNotFound
 from memsvc.models import (
     NewFork,
     NewMessage,
@@ -43,7 +36,7 @@ from memsvc.models import (
     to_micros,
     utc_now,
 )
-from memsvc.render import ContextWindow, Format, render
+from memsvc.render import ContextWindow, Format
 from memsvc.settings import Settings
 from memsvc.stores.base import (
     Appended,
@@ -57,16 +50,11 @@ from memsvc.stores.base import (
     Truncated,
 )
 from memsvc.tokens import DEFAULT_ENCODING, Counters, EncodingName, TokenCounter
+from memsvc.window import Answer
 
 _IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
 """The namespace of session ids derived from an Idempotency-Key (uuid5)."""
 
-TOKENS_PER_MESSAGE_GUESS: Final = 24
-"""The context window's first read takes max_tokens / this many of the newest messages: enough for one read
-to fill the budget with messages of this many tokens or more; shorter ones take more reads."""
-HEAD_PAGE: Final = 16
-"""Messages per read of a long session's head, where the pinned system/developer run is."""
-MAX_PAGE: Final = 2000
 _stored_id = message_id  # (the methods' `message_id` parameters hide the function)
 
 
@@ -368,72 +356,13 @@ class AsyncMemoryManager:
         max_tokens: int | None,
         format: Format,
         encoding: EncodingName = DEFAULT_ENCODING,
-    ) -> ContextWindow:
-        """The context window of SPEC-2 §1 (`memsvc.context`), rendered for `format`.
-
-        Reads the newest messages and the summary at once, then, for a session longer than that first read,
-        its head (the pinned run) and older pages, each twice the last, until the window is full. The stored
-        records count under the default encoding; under another one, and for a message stored without a
-        record, each message the window reads is counted as it is read."""
+    ) -> ContextWindow | Answer:
+        """The context window of SPEC-2 §1 (`memsvc.context`), rendered for `format`; see `memsvc.window` for how
+        it is read (one store read for most windows) and when it is answered without a step per message."""
         require_session_id(session_id)
-        counter = await self.counters.get(encoding)
-        recount = counter is not self.counters.default
-        size = None if max_tokens is None else min(max(max_tokens // TOKENS_PER_MESSAGE_GUESS, HEAD_PAGE), MAX_PAGE)
-        page, summary = await asyncio.gather(
-            self.store.get_counted_messages(tenant, session_id, MessageRange(limit=size)),
-            self._summary(tenant, session_id, counter),
+        return await window.context(
+            self.store, self.counters, tenant, session_id, max_tokens=max_tokens, format=format, encoding=encoding
         )
-        if page is None:
-            raise SessionNotFound(session_id)
-        newest, total = page.messages, page.total
-        if len(newest) == total:
-            pinned = leading_instructions(_counted(newest, counter, recount))
-        else:
-            pinned = await self._pinned(tenant, session_id, counter, recount)
-        # no read goes past the pinned run's or the summary's last id, or the oldest stored message: once `total`
-        # messages were read (ids have gaps where messages were deleted, so the oldest one's id does not follow
-        # from the newest one's and the count)
-        stop = max(message_id(pinned[-1][0]) if pinned else 0, summary.through_id if summary else 0)
-
-        async def pages() -> AsyncIterator[Iterator[Counted]]:
-            messages, limit, read = newest, size or MAX_PAGE, 0
-            while messages:
-                yield _counted(reversed(messages), counter, recount)
-                read += len(messages)
-                oldest = message_id(messages[0][0])
-                if oldest - 1 <= stop or read >= total:
-                    return
-                limit = min(limit * 2, MAX_PAGE)
-                older = await self.store.get_counted_messages(tenant, session_id, MessageRange(limit, before=oldest))
-                messages = [] if older is None else older.messages
-
-        window = await afit(pinned, summary, pages(), total, max_tokens)
-        return render(window, format, counter)
-
-    async def _summary(self, tenant: str, session_id: str, counter: TokenCounter) -> Summary | None:
-        try:
-            stored = await self.store.get_summary(tenant, session_id)
-        except SummaryNotFound:
-            return None
-        if stored is None:
-            return None
-        summary = orjson.loads(stored)
-        return Summary(summary['content'], summary['through_id'], counter.system(summary['content']))
-
-    async def _pinned(self, tenant: str, session_id: str, counter: TokenCounter, recount: bool) -> list[Counted]:
-        """The leading system/developer run of a session, read from its oldest message on."""
-        run: list[Counted] = []
-        after = 0
-        while True:
-            page = await self.store.get_counted_messages(tenant, session_id, MessageRange(HEAD_PAGE, after=after))
-            if page is None or not page.messages:
-                return run
-            head = list(_counted(page.messages, counter, recount))
-            leading = leading_instructions(head)
-            run += leading
-            if len(leading) < len(head):
-                return run
-            after = message_id(head[-1][0])
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None = None, role: str | None = None
@@ -465,10 +394,3 @@ class AsyncMemoryManager:
         if len(encoded) > self._max_meta_bytes:
             raise InvalidInput(field, f'at most {self._max_meta_bytes} bytes as JSON, got {len(encoded)}')
         return encoded
-
-
-def _counted(messages: Iterable[Counted], counter: TokenCounter, recount: bool) -> Iterator[Counted]:
-    """The messages with their records under `counter`: as stored, or counted now (`recount`: another encoding
-    than the stored records'; a record of 0: stored without one). Lazy: only what the window reads is counted."""
-    for raw, value in messages:
-        yield (raw, record(counter, orjson.loads(raw))) if recount or not value else (raw, value)

@@ -1,7 +1,7 @@
 """The storage contract of what the context window needs: the summary slot, the records stored next to each message,
 and trimming that never leaves a tool message first. Runs once per store kind (see conftest.STORE_KINDS)."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import orjson
@@ -14,7 +14,7 @@ from memsvc.manager import AsyncMemoryManager
 from memsvc.models import NewMessage, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import MessageRange, Store, open_store
-from memsvc.stores.base import ANY_VERSION
+from memsvc.stores.base import ANY_VERSION, WindowRead
 from memsvc.tokens import DEFAULT_ENCODING, shared_counter
 from tests.conftest import make_settings
 from tests.helpers import body, contents, ids, parsed
@@ -223,3 +223,69 @@ async def test_trimming_reads_the_role_of_messages_stored_without_records(trimmi
     assert ids(await trimming.get_messages(T, 't', MessageRange())) == [2, 3, 4], 'an assistant message was kept first'
     await trimming.append_messages(T, 't', [body('next')], utc_now())
     assert ids(await trimming.get_messages(T, 't', MessageRange())) == [5]
+
+
+# --- the context window's first read: one step ------------------------------------------------------------
+
+
+SYSTEM_RECORD, USER_RECORD = 9 << 3 | 3 | 4, 12 << 3 | 4
+
+
+async def test_the_window_read_has_the_newest_the_count_the_oldest_id_the_head_and_the_summary(store: Store) -> None:
+    assert await store.read_window(T, 'nope', 2, 16) is None
+    await store.create_session(T, record('w'))
+    empty = await store.read_window(T, 'w', 2, 16)
+    assert empty is not None
+    assert (list(empty.messages), list(empty.records), empty.total, empty.oldest_id) == ([], [], 0, 0)
+    assert (list(empty.head), empty.summary) == ([], None)
+    await store.append_messages(T, 'w', [body('old system', 'system')], utc_now())  # stored without a record
+    bodies = [body('sys', 'developer'), body('q'), body('a', 'assistant'), body('q2')]
+    await store.append_messages(T, 'w', bodies, utc_now(), records=[SYSTEM_RECORD, *[USER_RECORD] * 3])
+    messages = await stored_messages(store, 'w')
+    newest = await store.read_window(T, 'w', 2, 16)
+    assert newest is not None
+    assert (list(newest.messages), list(newest.records)) == (messages[3:], [USER_RECORD] * 2)
+    assert (newest.total, newest.oldest_id, newest.summary) == (5, 1, None)
+    # the head: the leading system/developer run (by role for the one stored without a record), bounded
+    assert (list(newest.head), list(newest.head_records)) == (messages[:2], [0, SYSTEM_RECORD])
+    bounded = await store.read_window(T, 'w', 2, 1)
+    assert bounded is not None
+    assert (list(bounded.head), list(bounded.head_records)) == (messages[:1], [0])
+    # all of it: the head is in `messages`, so none is read
+    whole = await store.read_window(T, 'w', None, 16)
+    assert whole is not None
+    assert (list(whole.messages), list(whole.records)) == (messages, [0, SYSTEM_RECORD, *[USER_RECORD] * 3])
+    assert list(whole.head) == []
+    assert listed(await store.read_window(T, 'w', 5, 16)) == listed(whole)
+    await store.set_summary(T, 'w', summary('so far', 3), 3, utc_now())
+    summarized = await store.read_window(T, 'w', 1, 16)
+    assert summarized is not None
+    assert summarized.summary == summary('so far', 3)
+    assert listed(await store.read_window(T, 'w', 1, 16)) == listed(summarized)
+
+
+def listed(read: WindowRead | None) -> tuple[object, ...]:
+    """A window read with its sequences as lists (a store may hand over its own sequence types)."""
+    assert read is not None
+    return tuple(list(part) if isinstance(part, Sequence) and not isinstance(part, bytes) else part for part in read)
+
+
+async def test_the_window_read_reports_the_oldest_id_after_trimming(trimming: Store) -> None:
+    await trimming.append_messages(T, 't', [body(f'm{n}') for n in range(5)], utc_now(), records=[USER_RECORD] * 5)
+    read = await trimming.read_window(T, 't', 2, 16)
+    assert read is not None
+    assert (read.total, read.oldest_id, ids(b'[' + b','.join(read.messages) + b']')) == (3, 3, [4, 5])
+    assert list(read.head) == []
+    await trimming.clear_messages(T, 't', utc_now())
+    cleared = await trimming.read_window(T, 't', 2, 16)
+    assert cleared is not None
+    assert (cleared.total, cleared.oldest_id, list(cleared.messages)) == (0, 0, [])
+
+
+async def test_the_window_read_reports_the_oldest_id_the_session_stores_across_gaps(store: Store) -> None:
+    await store.append_messages(T, 'g', [body(f'm{n}') for n in range(6)], utc_now(), records=[USER_RECORD] * 6)
+    for gone in (1, 2, 4):
+        assert await store.delete_message(T, 'g', gone, utc_now()) is not None
+    read = await store.read_window(T, 'g', 2, 16)
+    assert read is not None
+    assert (read.total, read.oldest_id, ids(b'[' + b','.join(read.messages) + b']')) == (3, 3, [5, 6])

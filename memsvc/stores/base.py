@@ -24,8 +24,10 @@ edited away. Deleting one message leaves the summary as it is (its `through_id` 
 covers, also when that message itself is deleted), and so does trimming to `max_messages`. Its `through_id` must
 name a stored message (`ThroughIdNotStored`), checked atomically with the write. Each message is stored with
 its `record` (`memsvc.context.record`: token count and kind, one int below 2**63, 0 for a message stored
-without one), which `get_counted_messages` hands back and trimming reads: trimming to `max_messages` never
-leaves a `tool` message first (`context.trim_count`).
+without one), which `get_counted_messages` and `read_window` hand back and trimming reads: trimming to
+`max_messages` never leaves a `tool` message first (`context.trim_count`). `read_window` is the context window's
+first read, one atomic step (but on Chroma): the newest messages, their records, the count, the oldest stored
+id, the leading system/developer run and the summary (`WindowRead`).
 
 A fork (`fork_session`) copies a session's messages up to one id, with their records, into a new session that no
 read, listing or search finds until one last atomic step publishes it whole (README, "Forks"). The new session's
@@ -37,14 +39,15 @@ backend that cannot answer raises `BackendUnavailable` (translated inside the st
 client library's exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
 """
 
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, overload
 
 import orjson
 
-from memsvc.context import PLAIN, RESULT, kind_of
+from memsvc.context import INSTRUCTION, PLAIN, RESULT, kind_of
 from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
 
@@ -82,6 +85,17 @@ def stored_kind(message: bytes, record: int) -> int:
 def summary_through(summary: bytes) -> int:
     """The `through_id` of a summary as `set_summary` stores it."""
     return int(orjson.loads(summary)['through_id'])
+
+
+_INSTRUCTION_ROLES = (b'"role":"system"', b'"role":"developer"')
+
+
+def is_instruction(message: bytes, record: int) -> bool:
+    """Whether a stored message is a system/developer one (`WindowRead.head`): from its record, or from its role
+    for a message stored without one."""
+    if record:
+        return kind_of(record) == INSTRUCTION
+    return message.startswith(_INSTRUCTION_ROLES, message.index(b',') + 1)
 
 
 ANY_VERSION = -1
@@ -187,6 +201,66 @@ class CountedPage(NamedTuple):
     """How many messages the session stores."""
 
 
+class MessagePage(Sequence[bytes]):
+    """Consecutive stored messages held as their JSON joined by commas, one bytes, as a store that keeps them so
+    (the in-memory one) hands them over without cutting a bytes per message: `ends` are where each message's
+    comma ends, offset by `base` (where the first starts). `newest(k)` is the last k joined, one slice."""
+
+    __slots__ = ('base', 'ends', 'page')
+
+    def __init__(self, page: bytes, ends: 'array[int]', base: int) -> None:
+        self.page, self.ends, self.base = page, ends, base
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[n] for n in range(*index.indices(len(self)))]
+        ends = self.ends
+        if index < 0:
+            index += len(ends)
+        if not 0 <= index < len(ends):
+            raise IndexError(index)
+        start = ends[index - 1] - self.base if index else 0
+        return self.page[start : ends[index] - self.base - 1]
+
+    def newest(self, count: int) -> bytes:
+        ends = self.ends
+        return self.page[ends[len(ends) - count - 1] - self.base :] if count < len(ends) else self.page
+
+
+def join_newest(messages: Sequence[bytes], count: int) -> bytes:
+    """The last `count` of `messages` joined by commas (the inside of a JSON array of them)."""
+    if isinstance(messages, MessagePage):
+        return messages.newest(count)
+    return b','.join(messages[len(messages) - count :])
+
+
+class WindowRead(NamedTuple):
+    """What the context window reads first, in one step (on Redis one script, one round trip)."""
+
+    messages: Sequence[bytes]
+    """The newest `limit` messages (all without one), oldest first."""
+    records: Sequence[int]
+    """Their records, parallel to `messages` (0: stored without one)."""
+    total: int
+    """How many messages the session stores."""
+    oldest_id: int
+    """The id of the session's oldest stored message (0: none). Ids are increasing, not consecutive."""
+    head: Sequence[bytes]
+    """When `messages` does not start at the oldest message: the session's leading system/developer run,
+    oldest first, at most `head` messages of it (as many: it may go on). Empty otherwise."""
+    head_records: Sequence[int]
+    """Their records, parallel to `head`."""
+    summary: bytes | None
+    """The summary as `set_summary` stored it; None: none is set."""
+
+
 class Store(Protocol):
     """Writes that take `expected_version` raise `PreconditionFailed` when the session's version is another
     one (or, for an append, when the session does not exist), and change nothing."""
@@ -254,6 +328,9 @@ class Store(Protocol):
 
     async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
         """The selected messages with their records, and the number stored (None: no such session)."""
+
+    async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        """The context window's first read (None: no such session), atomic on every store but Chroma."""
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -25,6 +25,7 @@ from memsvc.stores.base import (
     Store,
     Summarized,
     Truncated,
+    WindowRead,
 )
 
 T = TypeVar('T')
@@ -170,6 +171,9 @@ class InstrumentedStore:
 
     async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
         return await self._call('get_counted_messages', self.inner.get_counted_messages(tenant, session_id, selection))
+
+    async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        return await self._call('read_window', self.inner.read_window(tenant, session_id, limit, head))
 
     async def set_summary(
         self,

@@ -57,7 +57,9 @@ from memsvc.stores.base import (
     MessageRange,
     Summarized,
     Truncated,
+    WindowRead,
     check_version,
+    is_instruction,
     summary_through,
 )
 from memsvc.stores.memory_log import LogCopy, MessageLog
@@ -402,6 +404,24 @@ class MemoryStore:
         log = session.messages
         lo, hi = _positions(session, selection)
         return CountedPage([(log.message(n), log.records[n]) for n in range(lo, hi)], len(log))
+
+    async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        session = self._tenant(tenant).sessions.get(session_id)
+        if session is None:
+            return None
+        log = session.messages
+        count = len(log)
+        lo = 0 if limit is None else max(count - limit, 0)
+        messages = log.page(lo, count)
+        oldest = 0 if not count else message_id(messages.page if lo == 0 else log.message(0))
+        run = 0
+        if lo:
+            records = log.records
+            while run < min(head, count) and is_instruction(log.message(run), records[run]):
+                run += 1
+        leading = [log.message(n) for n in range(run)]
+        summary = session.summary or None
+        return WindowRead(messages, log.records[lo:], count, oldest, leading, log.records[:run], summary)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

@@ -6,7 +6,7 @@ from array import array
 from collections.abc import Sequence
 
 from memsvc.context import kind_of, trim_count
-from memsvc.stores.base import stored_kind
+from memsvc.stores.base import MessagePage, stored_kind
 
 
 class MessageLog:
@@ -79,6 +79,14 @@ class MessageLog:
     def message(self, position: int) -> bytes:
         start = 0 if position == 0 else self.ends[position - 1] - self.dropped
         return bytes(self.text[start : self.ends[position] - self.dropped - 1])
+
+    def page(self, lo: int, hi: int) -> MessagePage:
+        """The messages at positions lo to hi - 1 as one copy of their bytes (as the context window reads them on
+        every request: no bytes object per message)."""
+        if lo >= hi:
+            return MessagePage(b'', array('Q'), 0)
+        ends, base = self.ends, self.ends[lo - 1] if lo else self.dropped
+        return MessagePage(bytes(self.text[base - self.dropped : ends[hi - 1] - self.dropped - 1]), ends[lo:hi], base)
 
     def trim_count(self, at_least: int) -> int:
         """How many of the oldest messages to drop: `at_least`, and the tool messages right after them."""

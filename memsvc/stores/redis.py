@@ -55,7 +55,8 @@ last write.
 
 The reads (key names, sessions, the listing, messages, the summary) are in `redis_reads`.
 
-Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1;
+Round trips: append 1 (on Cluster 2, sent concurrently); get the last N messages 1; get a session 1; the context
+window's first read 1 (READ_WINDOW: the newest messages, their records, the pinned run, the summary);
 a page of the listing 2 (index, then the sessions' reads; +1 when it removes dead entries); PATCH 2
 (read, then compare-and-set; +1 on Cluster).
 """
@@ -96,7 +97,7 @@ from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
 from memsvc.stores.redis_transport import transport_for
 
 _CAS_ATTEMPTS = 100
-_SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session'})
+_SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session', 'read_window'})
 """The operations that reach Redis only through transport calls, so on a transport that keeps the store deadline
 the instrumented store puts no timer of its own around them. That deadline bounds each batch sent, not the
 operation: append_messages and get_session send one batch; get_messages on an empty list sends a second (EXISTS

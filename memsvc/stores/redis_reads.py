@@ -13,7 +13,8 @@ from typing import Any
 from memsvc.errors import SummaryNotFound
 from memsvc.models import SessionRecord, StoredSession, from_micros, json_array
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.base import CountedPage, ListCursor, MessageRange
+from memsvc.stores.base import CountedPage, ListCursor, MessageRange, WindowRead
+from memsvc.stores.redis_lua import Script
 from memsvc.stores.redis_transport import Transport
 
 
@@ -77,6 +78,51 @@ def session_record(
         int(version),
         b'' if forked_from is None else bytes(forked_from),
     )
+
+
+# The context window's first read (`base.WindowRead`), one atomic step: {held, oldest id, the newest `limit`
+# messages ('' = all), their records (of the last ones only when the first have none, as GET_COUNTED), the leading
+# system/developer run (at most `head` messages; only when the newest do not reach the oldest), its records ('0'
+# for none), the summary or false}; false: no session. The oldest id is read from the oldest message, not derived
+# from next_id and LLEN: ids need not be consecutive.
+READ_WINDOW = Script(
+    'read_window',
+    """
+local function instruction(position, offset)
+  local value = position >= offset and redis.call('LINDEX', counts, position - offset)
+  if value and value ~= '0' then return tonumber(string.sub(value, -2)) % 4 == 3 end
+  local message = redis.call('LINDEX', msgs, position)
+  local comma = string.find(message, ',', 1, true)
+  return string.sub(message, comma + 1, comma + 15) == '"role":"system"'
+    or string.sub(message, comma + 1, comma + 18) == '"role":"developer"'
+end
+if redis.call('EXISTS', meta) == 0 then return false end
+local held = redis.call('LLEN', msgs)
+local limit_ = tonumber(limit)
+local lo = 0
+if limit_ and held > limit_ then lo = held - limit_ end
+local offset = held - redis.call('LLEN', counts)
+local messages, records, run, run_records, oldest = {}, {}, {}, {}, '0'
+if held > 0 then
+  messages = redis.call('LRANGE', msgs, lo, -1)
+  if held - 1 >= offset then records = redis.call('LRANGE', counts, math.max(lo - offset, 0), -1) end
+  local first = messages[1]
+  if lo > 0 then first = redis.call('LINDEX', msgs, 0) end
+  oldest = string.match(first, '^{"id":(%d+),')
+  if lo > 0 then
+    local length, bound = 0, math.min(tonumber(head), held)
+    while length < bound and instruction(length, offset) do length = length + 1 end
+    if length > 0 then
+      run = redis.call('LRANGE', msgs, 0, length - 1)
+      for p = 0, length - 1 do run_records[p + 1] = p >= offset and redis.call('LINDEX', counts, p - offset) or '0' end
+    end
+  end
+end
+return {held, oldest, messages, records, run, run_records, redis.call('GET', summary)}
+""",
+    keys=('meta', 'msgs', 'counts', 'summary'),
+    args=('limit', 'head'),
+)
 
 
 class RedisReads:
@@ -228,3 +274,22 @@ class RedisReads:
         if summary is None:
             raise SummaryNotFound(session_id)
         return as_bytes(summary)
+
+    async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        keys = self._keys(tenant)
+        call = READ_WINDOW.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            summary=keys.summary(session_id),
+            limit='' if limit is None else str(limit),
+            head=head,
+        )
+        reply = await self._redis.script(call)
+        if not reply:
+            return None
+        held, oldest, messages, records, run, run_records, summary = reply
+        values = list(map(int, records))
+        if len(values) < len(messages):  # the oldest, stored before records were
+            values[:0] = [0] * (len(messages) - len(values))
+        return WindowRead(messages, values, int(held), int(oldest), run, list(map(int, run_records)), summary)

@@ -65,7 +65,9 @@ from memsvc.stores.base import (
     MessageRange,
     Summarized,
     Truncated,
+    WindowRead,
     check_version,
+    is_instruction,
     stored_kind,
 )
 from memsvc.stores.chroma.codec import (
@@ -424,6 +426,30 @@ class ChromaStore:
             return None
         counted = await self._counted_of(tenant, row, *row.selected(selection))
         return CountedPage([(message, count) for _, message, count in counted], row.count)
+
+    async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        """Not atomic: the session record, then the newest messages and the head (Chroma has no transactions)."""
+        row = await self._read(tenant, session_id)
+        if row is None:
+            return None
+        newest = await self._counted_of(tenant, row, *row.selected(MessageRange(limit=limit)))
+        oldest, run = newest[0][0] if newest else 0, []
+        if len(newest) < row.count:
+            first = await self._counted_of(tenant, row, *row.selected(MessageRange(limit=max(head, 1), after=0)))
+            oldest = first[0][0] if first else oldest
+            for entry in first[:head]:
+                if not is_instruction(entry[1], entry[2]):
+                    break
+                run.append(entry)
+        return WindowRead(
+            [message for _, message, _ in newest],
+            [value for _, _, value in newest],
+            row.count,
+            oldest,
+            [message for _, message, _ in run],
+            [value for _, _, value in run],
+            row.summary.encode() if row.summary else None,
+        )
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None

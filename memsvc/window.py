@@ -1,0 +1,221 @@
+"""The context window's reads (SPEC-2 §1): one store read, then a fast path for the common window or the general one.
+
+The first read is `Store.read_window`, one step on every store (one script on Redis): the newest messages that
+one read should need (`page_size`), their records, the session's oldest id and count, its pinned run's head and
+its summary. A long session whose window needs more is read on backwards, a page at a time, each twice the last.
+
+The fast path answers the window most gateways read — no summary, no pinned run, every message read a plain
+`user`/`assistant` one with only a role and a content (`context.PLAIN | context.BARE`), in `openai`, `responses`
+or `memsvc` — without a Python step per message: the check is one C-level pass over the records' low bytes, the
+window is the newest messages whose sum of tokens fits (`sum`, or `itertools.accumulate` and `bisect`), and their
+joined JSON (one slice of the in-memory store's buffer, `stores.base.MessagePage`) is rewritten by one regular
+expression: a stored bare message is `{"id":N,"role":R,"content":C,"timestamp":T}`, and between two of them
+`,"timestamp":T},{"id":N,` becomes `},{`. That sequence is JSON structure wherever it matches: inside a JSON
+string every quote is escaped (`\\"`), so it cannot start, end or lie in one. The answer is the same, byte for
+byte, as the general path's (`memsvc.context.fit` and `memsvc.render`), which handles every other window
+(tests/test_window.py proves it on random sessions, with contents that look like that structure).
+"""
+
+import operator
+import re
+import sys
+from array import array
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import accumulate, repeat
+from typing import Final
+
+import orjson
+
+from memsvc.context import BARE, PLAIN, Counted, Summary, Window, afit, leading_instructions, message_id, record
+from memsvc.errors import SessionNotFound
+from memsvc.render import ContextWindow, Format, render
+from memsvc.stores.base import MessageRange, Store, WindowRead, join_newest
+from memsvc.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, Counters, EncodingName, TokenCounter
+
+TOKENS_PER_MESSAGE_GUESS: Final = 24
+"""The first read takes max_tokens / this many of the newest messages: enough for one read to fill the budget
+with messages of this many tokens or more; shorter ones take more reads."""
+HEAD_PAGE: Final = 16
+"""Messages per read of a long session's head, where the pinned system/developer run is."""
+MAX_PAGE: Final = 2000
+_FAST_READ_LIMIT: Final = 4 * MAX_PAGE
+_SMALLEST: Final = MESSAGE_OVERHEAD + 1  # a message is framed and has a role of at least one token
+
+
+def page_size(max_tokens: int | None) -> int | None:
+    """How many of the newest messages the first read takes (None: all of them)."""
+    if max_tokens is None:
+        return None
+    return min(max(max_tokens // TOKENS_PER_MESSAGE_GUESS, HEAD_PAGE), MAX_PAGE)
+
+
+@dataclass(slots=True, frozen=True)
+class Answer:
+    """A window the fast path wrote straight into the route's answer."""
+
+    body: bytes
+
+    def to_json(self) -> bytes:
+        return self.body
+
+
+async def context(
+    store: Store,
+    counters: Counters,
+    tenant: str,
+    session_id: str,
+    *,
+    max_tokens: int | None,
+    format: Format,
+    encoding: EncodingName,
+) -> ContextWindow | Answer:
+    """The context window of `session_id`, rendered for `format` (see the module docstring). The stored records
+    count under the default encoding; under another one, and for a message stored without a record, each message
+    the window reads is counted as it is read."""
+    counter = await counters.get(encoding)
+    recount = counter is not counters.default
+    size = page_size(max_tokens)
+    first = await store.read_window(tenant, session_id, size, HEAD_PAGE)
+    if first is None:
+        raise SessionNotFound(session_id)
+    while not recount and format != 'anthropic':
+        body = fast(first, max_tokens, format)
+        if body is None:
+            break
+        if body:
+            return Answer(body)
+        # every message read fits and older ones exist: read more at once (the window holds at most
+        # max_tokens / _SMALLEST messages), up to what the general path would read in pages anyway
+        if max_tokens is None or size is None or size > _FAST_READ_LIMIT:
+            break
+        size = min(size * 4, max_tokens // _SMALLEST + 1)
+        first = await store.read_window(tenant, session_id, size, HEAD_PAGE)
+        if first is None:
+            raise SessionNotFound(session_id)
+    window = await general(store, tenant, session_id, first, counter, recount, max_tokens, size)
+    return render(window, format, counter)
+
+
+# --- the fast path -----------------------------------------------------------------------------------------
+
+_PLAIN_BARE: Final = PLAIN | BARE
+_LOW: Final = 0 if sys.byteorder == 'little' else 7  # where a record's low byte is in its 8 bytes
+_LOW_BITS: Final = 7  # a record's kind and BARE
+_PLAIN_BARE_BYTES: Final = bytes(b for b in range(256) if b & _LOW_BITS == _PLAIN_BARE)
+_ID_START: Final = len(b'{"id":')
+_TIMESTAMP: Final = b',"timestamp":'
+_BETWEEN: Final = re.compile(rb',"timestamp":"[^"]*"\},\{"id":\d+,')
+"""Where a stored bare message ends and the next begins in their joined JSON: its timestamp, the next one's id."""
+_OPENING: Final[dict[str, bytes]] = {'openai': b'{', 'responses': b'{"type":"message",'}
+_ANSWER: Final = b'{"format":"%s","messages":[%s],"tokens":%d,"dropped":%d,"first_id":%s,"summary":false}'
+
+
+def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | None:
+    """The answer of the window from `read` when it is the common one (module docstring), else None; empty when
+    it is the common one so far but every message read fits and older ones exist. `read` holds records under the
+    default encoding."""
+    records, total = read.records, read.total
+    count = len(records)
+    if read.summary is not None or read.head or not count or format == 'anthropic':
+        return None
+    packed = records if isinstance(records, array) else array('Q', records)
+    if packed.tobytes()[_LOW::8].translate(None, _PLAIN_BARE_BYTES):
+        return None  # some message is not a bare plain one (or has no record)
+    # a bare plain record is tokens * 8 + 4: less the 4s, a sum of records is 8 times the sum of the tokens
+    whole = sum(packed) - _PLAIN_BARE * count
+    if max_tokens is None or whole <= (max_tokens - REPLY_PRIMING) << 3:
+        kept, kept_sum = count, whole
+    else:  # the running sums of the newest 1, 2, ... messages
+        sums = list(accumulate(map(operator.sub, reversed(packed), repeat(_PLAIN_BARE))))
+        kept = bisect_right(sums, (max_tokens - REPLY_PRIMING) << 3)
+        kept_sum = sums[kept - 1] if kept else 0
+    if kept == count < total:
+        return b''  # all it read fits: older messages may fit too
+    if not kept:
+        return _ANSWER % (format.encode(), b'', 0, total, b'null')
+    joined = join_newest(read.messages, kept)
+    if format == 'memsvc':
+        items = joined
+    else:
+        opening = _OPENING[format]
+        inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
+        items = opening + _BETWEEN.sub(b'},' + opening, inner) + b'}'
+    tokens = (kept_sum >> 3) + REPLY_PRIMING
+    first_id = b'%d' % message_id(joined)
+    return _ANSWER % (format.encode(), items, tokens, total - kept, first_id)
+
+
+# --- the general path --------------------------------------------------------------------------------------
+
+
+async def general(
+    store: Store,
+    tenant: str,
+    session_id: str,
+    first: WindowRead,
+    counter: TokenCounter,
+    recount: bool,
+    max_tokens: int | None,
+    size: int | None,
+) -> Window:
+    """Fit the window (`memsvc.context.afit`) from `first` and, for a long session, older pages and the rest of
+    its pinned run."""
+    newest: list[Counted] = list(zip(first.messages, first.records, strict=True))
+    total = first.total
+    summary = None
+    if first.summary is not None:
+        stored = orjson.loads(first.summary)
+        summary = Summary(stored['content'], stored['through_id'], counter.system(stored['content']))
+    if len(newest) >= total:
+        pinned = leading_instructions(_counted(newest, counter, recount))
+    else:
+        pinned = leading_instructions(_counted(zip(first.head, first.head_records, strict=True), counter, recount))
+        if len(first.head) >= HEAD_PAGE and len(pinned) == len(first.head):  # the run may go on
+            pinned += await _pinned(store, tenant, session_id, message_id(pinned[-1][0]), counter, recount)
+    # no read goes past the pinned run's or the summary's last id, or the oldest stored message (ids have gaps
+    # where messages were deleted: the store reports the oldest one's)
+    stop = max(
+        message_id(pinned[-1][0]) if pinned else 0,
+        summary.through_id if summary else 0,
+        first.oldest_id - 1,
+    )
+
+    async def pages() -> AsyncIterator[Iterator[Counted]]:
+        messages, limit, read = newest, size or MAX_PAGE, 0
+        while messages:
+            yield _counted(reversed(messages), counter, recount)
+            read += len(messages)
+            oldest = message_id(messages[0][0])
+            if oldest - 1 <= stop or read >= total:
+                return
+            limit = min(limit * 2, MAX_PAGE)
+            older = await store.get_counted_messages(tenant, session_id, MessageRange(limit, before=oldest))
+            messages = [] if older is None else older.messages
+
+    return await afit(pinned, summary, pages(), total, max_tokens)
+
+
+async def _pinned(
+    store: Store, tenant: str, session_id: str, after: int, counter: TokenCounter, recount: bool
+) -> list[Counted]:
+    """The rest of a session's leading system/developer run, read from the message after `after` on."""
+    run: list[Counted] = []
+    while True:
+        page = await store.get_counted_messages(tenant, session_id, MessageRange(HEAD_PAGE, after=after))
+        if page is None or not page.messages:
+            return run
+        head = list(_counted(page.messages, counter, recount))
+        leading = leading_instructions(head)
+        run += leading
+        if len(leading) < len(head):
+            return run
+        after = message_id(head[-1][0])
+
+
+def _counted(messages: Iterable[Counted], counter: TokenCounter, recount: bool) -> Iterator[Counted]:
+    """The messages with their records under `counter`: as stored, or counted now (`recount`: another encoding
+    than the stored records'; a record of 0: stored without one). Lazy: only what the window reads is counted."""
+    for raw, value in messages:
+        yield (raw, record(counter, orjson.loads(raw))) if recount or not value else (raw, value)
