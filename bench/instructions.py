@@ -12,6 +12,8 @@ not counted, and instructions are not time (cache misses are not in them): use i
     python -m bench.instructions get20 --store redis    # needs REDIS_URL (default 127.0.0.1:6379)
     python -m bench.instructions context                # the context window (max_tokens 4000, openai) of 20
     python -m bench.instructions context --history 100000   # ... of one session of 100,000 messages
+    python -m bench.instructions v1_list                # /v1 items, 20 newest first (compare with get20)
+    python -m bench.instructions v1_pair                # /v1 items create of a pair (compare with pair)
     python -m bench.instructions append --ceiling       # the bare-aiohttp ceiling
 """
 
@@ -28,16 +30,27 @@ from aiohttp import web
 
 API = '/api/v1/chat/sessions'
 CONNECTIONS = 64
-MESSAGE = (
-    b'{"role":"user","content":"Can you summarise the three main points of the report I sent this morning, '
-    b'and list the deadlines it mentions?"}'
+CONTENT = (
+    b'"Can you summarise the three main points of the report I sent this morning, and list the deadlines it mentions?"'
 )
+MESSAGE = b'{"role":"user","content":' + CONTENT + b'}'
+V1_PAIR = (
+    b'{"items":[' + MESSAGE + b',{"type":"message","role":"assistant","status":"completed","content":[{"type":'
+    b'"output_text","text":' + CONTENT + b',"annotations":[]}]}]}'
+)
+"""The same two texts as `pair`, as the Agents SDK writes them: the user's a string, the answer as output_text."""
 REQUESTS = {
     'append': lambda n: _post(f'{API}/s-{n}/messages', MESSAGE),
     'pair': lambda n: _post(f'{API}/s-{n}/messages', b'[' + MESSAGE + b',' + MESSAGE + b']'),
     'get20': lambda n: f'GET {API}/read-{n}/messages?limit=20 HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
     'get_session': lambda n: f'GET {API}/read-{n} HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
     'context': lambda n: f'GET {API}/read-{n}/context?max_tokens=4000 HTTP/1.1\r\nHost: x\r\n\r\n'.encode(),
+    # OpenAI's Conversations API (memsvc.compat.openai) on the same sessions: as the SDKs ask, newest first, and a
+    # user + assistant pair as the Agents SDK writes it (the user's text a string, the answer as output_text)
+    'v1_list': lambda n: (
+        f'GET /v1/conversations/read-{n}/items?limit=20&order=desc HTTP/1.1\r\nHost: x\r\n\r\n'.encode()
+    ),
+    'v1_pair': lambda n: _post(f'/v1/conversations/read-{n}/items', V1_PAIR),
 }
 
 

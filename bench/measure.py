@@ -28,6 +28,7 @@ LAST_20 = '/sessions/{id}/messages?limit=20'
 CONTEXT = '/sessions/{id}/context?max_tokens=4000'  # format=openai is the default
 CONTEXT_LEVELS = (GROWTH_LEVELS[0], GROWTH_LEVELS[-1])
 LIST_20 = '/sessions?limit=20&include_messages=false'  # the session records; their messages would dwarf them
+V1_LIST_20 = '/conversations/{id}/items?limit=20&order=desc'  # as the SDKs ask, under api=/v1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ def main_scenarios() -> list[Scenario]:
         Scenario('context', 'context, max_tokens 4000, openai format', 'get.lua', ('prefix=read', f'path={CONTEXT}')),
         Scenario('create_session', 'create session', 'create_session.lua'),
         Scenario('list_sessions', 'list sessions (limit 20)', 'get.lua', (f'path={LIST_20}',)),
+        # OpenAI's Conversations API on the same sessions, last: its pairs grow the read sessions
+        Scenario('v1_list', '/v1 items, 20 newest', 'get.lua', ('api=/v1', 'prefix=read', f'path={V1_LIST_20}')),
+        Scenario('v1_pair', '/v1 items create, a pair', 'v1_pair.lua', ('prefix=read',)),
     ]  # fmt: skip
 
 

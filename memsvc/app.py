@@ -8,6 +8,7 @@ from aiohttp import web
 
 from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
+from memsvc.compat.openai import conversations
 from memsvc.endpoint import endpoints
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import FLUSH_SECONDS, Metrics
@@ -61,5 +62,5 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
-    app.add_routes(endpoints(routes, Keyring.from_settings(settings), metrics))
+    app.add_routes(endpoints((routes, conversations), Keyring.from_settings(settings), metrics))
     return app

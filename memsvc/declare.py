@@ -195,6 +195,27 @@ class QueryFamily:
         ]
 
 
+class ListQuery:
+    """A query parameter that may be given any number of times, also as `name[]` (how OpenAI's SDKs write an
+    array): read as the list of its values, in order. Values are not checked: it is for parameters accepted
+    for compatibility, whose set of values grows with another service (e.g. `/v1`'s `include`)."""
+
+    __slots__ = ('description', 'name')
+
+    def __init__(self, name: str, *, description: str) -> None:
+        self.name, self.description = name, description
+
+    def get(self, request: web.Request) -> list[str]:
+        query = request.query
+        if self.name not in query and self.name + '[]' not in query:
+            return []
+        return query.getall(self.name, []) + query.getall(self.name + '[]', [])
+
+    def document(self, settings: 'Settings') -> list[Schema]:
+        schema = {'type': 'array', 'items': {'type': 'string'}}
+        return [_parameter(name, 'query', schema, self.description, False) for name in (self.name, self.name + '[]')]
+
+
 class Header(Generic[T]):
     """A request header that must match `pattern` in full (with `strip`, after stripping spaces); `parse`
     turns the match into the value. A mismatch is 400 `invalid_header` with `problem`."""
@@ -248,7 +269,7 @@ class PathParam(Generic[T]):
         return [_parameter(self.name, 'path', schema, self.description, True)]
 
 
-Param = Query[Any] | QueryFamily | Header[Any] | PathParam[Any]
+Param = Query[Any] | ListQuery | QueryFamily | Header[Any] | PathParam[Any]
 
 
 # --- bodies ----------------------------------------------------------------------------------
@@ -283,7 +304,9 @@ class JsonBody(Generic[T]):
             errors = exc.errors(include_url=False, include_input=False, include_context=False)
             if any(err['type'] == 'json_invalid' for err in errors):
                 raise MalformedJson(f'the body is not valid JSON: {errors[0]["msg"]}') from None
-            raise InvalidInput('', '; '.join(f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3])) from None
+            problem = InvalidInput('', '; '.join(f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3]))
+            problem.field = _field(errors[0]['loc'])  # the first field at fault, for an envelope that names one
+            raise problem from None
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -341,11 +364,11 @@ class Declared:
 class RouteTable:
     """Routes with their declarations, in the order added: what `endpoints()` wraps and `openapi.py` documents.
     `error_body` is the type of its error answers and `envelope` how the endpoint wrapper writes them (None:
-    ours). Today only tests/test_declare.py gives other values; they are here for part 2's `/v1` API, which has
-    a table of its own with its own error shape (`build_openapi(tables=...)` documents both)."""
+    ours): the `/v1` API (`memsvc.compat.openai`) has a table of its own with OpenAI's error shape. A table
+    with a `prefix` also answers the paths under it that no route serves in its envelope."""
 
-    def __init__(self, error_body: Any = ErrorBody, envelope: 'Envelope | None' = None) -> None:
-        self.error_body, self.envelope = error_body, envelope
+    def __init__(self, error_body: Any = ErrorBody, envelope: 'Envelope | None' = None, prefix: str = '') -> None:
+        self.error_body, self.envelope, self.prefix = error_body, envelope, prefix
         self.declared: list[Declared] = []
 
     def route(self, method: Method, path: str, operation: Operation) -> Callable[[Handler], Handler]:

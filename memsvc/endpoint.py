@@ -17,7 +17,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -103,6 +103,8 @@ UNMATCHED = '(unmatched)'
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
 WRAPPED = '__memsvc_endpoint__'
 """The attribute `_wrap` sets on each wrapper it returns, so a test can tell a wrapped handler from a bare one."""
+CATCH_ALL = '__memsvc_unmatched__'
+"""The attribute of the wrappers of `unmatched`, so that it can tell the catch-all routes from the others."""
 
 
 class RefusedByAiohttp(MemsvcError):
@@ -145,22 +147,29 @@ def error_response_for(exc: MemsvcError) -> web.Response:
     return error_response(status_for(exc), exc.code, exc.message, headers_for(exc))
 
 
-def endpoints(routes: 'RouteTable', keyring: Keyring | None, metrics: Metrics) -> list[web.RouteDef]:
-    """The routes with their handlers wrapped, and `unmatched` last, for `app.add_routes`. Errors are
-    answered in the table's envelope (ours unless it names another).
+def endpoints(tables: 'Sequence[RouteTable]', keyring: Keyring | None, metrics: Metrics) -> list[web.RouteDef]:
+    """The routes of `tables` with their handlers wrapped, then `unmatched` under each table's prefix (answering
+    in that table's envelope) and `unmatched` for every other path last, for `app.add_routes`. Errors are
+    answered in each table's envelope (ours unless it names another).
 
     The message routes come first. aiohttp tries the resources under one path prefix (here every
     `/api/v1/chat/sessions...`) in the order they were added, matching each one's regex, and a gateway
     reads and appends messages on every turn: first, those requests skip the other resources' regexes.
     No two of our paths match the same URL, so the order changes nothing else.
     """
-    envelope = routes.envelope or error_response_for
     wrapped = []
-    for route in sorted(routes.declared, key=lambda route: not route.path.endswith('/messages')):
-        label = web.DynamicResource(route.path).canonical if '{' in route.path else route.path
-        handler = _wrap(route.handler, label, route.operation, keyring, metrics, envelope)
-        wrapped.append(web.RouteDef(route.method, route.path, handler, {}))
-    wrapped.append(web.RouteDef('*', '/{path:.*}', _wrap(unmatched, UNMATCHED, None, keyring, metrics, envelope), {}))
+    for routes in tables:
+        envelope = routes.envelope or error_response_for
+        for route in sorted(routes.declared, key=lambda route: not route.path.endswith('/messages')):
+            label = web.DynamicResource(route.path).canonical if '{' in route.path else route.path
+            handler = _wrap(route.handler, label, route.operation, keyring, metrics, envelope)
+            wrapped.append(web.RouteDef(route.method, route.path, handler, {}))
+    for routes in tables:
+        if routes.prefix:
+            handler = _wrap(unmatched, UNMATCHED, None, keyring, metrics, routes.envelope or error_response_for)
+            wrapped.append(web.RouteDef('*', routes.prefix + '/{path:.*}', handler, {}))
+    handler = _wrap(unmatched, UNMATCHED, None, keyring, metrics, error_response_for)
+    wrapped.append(web.RouteDef('*', '/{path:.*}', handler, {}))
     return wrapped
 
 
@@ -195,6 +204,8 @@ def _wrap(
         return response
 
     setattr(endpoint, WRAPPED, True)
+    if operation is None:
+        setattr(endpoint, CATCH_ALL, True)
     return endpoint
 
 
@@ -207,7 +218,7 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     """404, or 405 with `Allow` when another route serves this path with other methods."""
     allowed: set[str] = set()
     for resource in request.app.router.resources():
-        if resource is not request.match_info.route.resource:
+        if not any(getattr(route.handler, CATCH_ALL, False) for route in resource):
             allowed |= (await resource.resolve(request))[1]
     if allowed:
         raise MethodNotAllowed(request.method, request.path, sorted(allowed))

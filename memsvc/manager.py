@@ -180,6 +180,15 @@ class AsyncMemoryManager:
             raise SessionNotFound(session_id)
         return StoredSession(record, found.messages)
 
+    async def replace_metadata(self, tenant: str, session_id: str, metadata: dict[str, Any]) -> SessionRecord:
+        """Replace the metadata whole, atomically (OpenAI's update); return the session record after the change."""
+        require_session_id(session_id)
+        encoded = self._check_metadata(metadata, 'metadata')
+        record = await self.store.update_metadata(tenant, session_id, lambda current: encoded, utc_now())
+        if record is None:
+            raise SessionNotFound(session_id)
+        return record
+
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> None:
         require_session_id(session_id)
         if not await self.store.delete_session(tenant, session_id, expected_version=expected_version):

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from memsvc import __version__
+from memsvc.compat.openai import conversations
 from memsvc.declare import Operation, Reply, ResponseHeader, RouteTable, Schema
 from memsvc.models import SETTINGS_BOUND
 from memsvc.routes import routes
@@ -38,9 +39,8 @@ _RETRY_AFTER = ResponseHeader('Retry-After', 'seconds to wait before retrying', 
 _TEMPLATE_REGEX = re.compile(r'\{(\w+):[^}]*\}')
 
 
-def build_openapi(settings: Settings, tables: tuple[RouteTable, ...] = (routes,)) -> Schema:
-    """The document for `tables`: ours alone today; part 2's `/v1` table joins it (tests/test_declare.py
-    documents such a second table meanwhile)."""
+def build_openapi(settings: Settings, tables: tuple[RouteTable, ...] = (routes, conversations)) -> Schema:
+    """The document for `tables`: by default the app's, ours and `/v1`'s (`memsvc.compat.openai`)."""
     schemas = _Schemas(settings)
     paths: dict[str, Schema] = {}
     for table in tables:

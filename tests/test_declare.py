@@ -143,7 +143,7 @@ def test_a_second_table_has_its_own_error_shape_and_media_types_in_the_document(
 
 async def test_a_second_table_answers_errors_in_its_own_envelope(aiohttp_client: AiohttpClient) -> None:
     app = web.Application()
-    app.add_routes(endpoints(v1, None, Metrics()))
+    app.add_routes(endpoints((v1,), None, Metrics()))
     client = await aiohttp_client(app)
     conformance = Conformance(build_openapi(Settings(), (v1,)))
     async with client.get('/v1/conversations?metadata.name=x') as response:
@@ -171,7 +171,7 @@ async def test_aiohttp_s_own_refusals_are_answered_in_the_table_s_envelope(aioht
     """aiohttp's HTTPExceptions (its 413 from `request.read()`, any other) become our errors, so a table with
     its own envelope answers them in its shape; the status, code and message stay aiohttp's."""
     app = web.Application(client_max_size=10)
-    app.add_routes(endpoints(v1, None, Metrics()))
+    app.add_routes(endpoints((v1,), None, Metrics()))
     client = await aiohttp_client(app)
     async with client.post('/v1/uploads', data=b'x' * 11) as response:
         assert response.status == 413

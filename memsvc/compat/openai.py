@@ -1,0 +1,408 @@
+"""OpenAI's Conversations API under `/v1/conversations` (SPEC-2 §4): a translation layer over the manager, with
+OpenAI's error shape, so that `OpenAI(base_url='http://host:port/v1', api_key=KEY)` and the Agents SDK's
+`OpenAIConversationsSession` use memsvc unchanged.
+
+A conversation is a session: its id is the session id (any session id, no prefix), so a session written through
+`/api/v1/chat` is a conversation here and the other way round; `created_at` is in whole seconds. Items are
+messages, one each (`compat.items`). Metadata follows OpenAI's limits here (16 keys, keys of up to 64 characters,
+string values of up to 512), and the manager's as everywhere; an update replaces it whole, as OpenAI's does.
+
+Everything else is the native API's: the tenant from the key (`Authorization: Bearer <key>`), the id checks, the
+limits, `Idempotency-Key` on the POSTs that write (create and items create: a retry with the same key and body
+writes nothing again; an update is idempotent by itself), `X-Request-ID` on every answer, 503 when the store is
+down. Errors are `{"error": {"message", "type", "param", "code"}}` with the native status and code, but 422 is
+answered as 400 (OpenAI answers a body that breaks a rule with 400 `invalid_request_error`), and a 409 carries
+`x-should-retry: false` (the SDKs retry 409s, and a full session or tenant stays full).
+
+A conversation created with items is two writes, the session and then its items (a store has no single write for
+both): if the second fails, a create without an `Idempotency-Key` deletes the session again; with one, the session
+stays, and a retry with the same key finishes it. A crash in between leaves an empty session, listed natively.
+"""
+
+import contextlib
+from typing import Annotated, Any, Literal, NotRequired
+
+import orjson
+from aiohttp import web
+from pydantic import ConfigDict, Field, StringConstraints, with_config
+from typing_extensions import TypedDict
+
+from memsvc.appkeys import MANAGER, SETTINGS, TENANT
+from memsvc.compat.items import ItemIds, encoded_item, is_bare, to_item, to_messages
+from memsvc.context import BARE, message_id
+from memsvc.declare import (
+    JsonBody,
+    ListQuery,
+    Operation,
+    PathParam,
+    Reply,
+    RouteTable,
+    choice_query,
+    int_query,
+    text_query,
+)
+from memsvc.endpoint import headers_for, status_for
+from memsvc.errors import (
+    InvalidHeader,
+    InvalidInput,
+    InvalidParameter,
+    MemsvcError,
+    PreconditionFailed,
+    ResponseTooLarge,
+    SessionNotFound,
+)
+from memsvc.manager import AsyncMemoryManager
+from memsvc.models import SESSION_ID_PATTERN, JsonObject, NewMessage, NewSession, SessionRecord, require_session_id
+from memsvc.routes import IDEMPOTENCY_KEY
+from memsvc.settings import MIN_RESPONSE_BYTES
+from memsvc.stores.base import ANY_VERSION, MessageRange
+
+V1 = '/v1'
+CONVERSATIONS = V1 + '/conversations'
+CONVERSATION = CONVERSATIONS + '/{conversation_id:[^/]+}'
+ITEMS = CONVERSATION + '/items'
+ITEM = ITEMS + '/{item_id:[^/]+}'
+MAX_ITEMS = 20
+ITEM_OVERHEAD_BYTES = 256
+"""An upper bound of what an item's answer holds beyond its stored message's bytes (its type, status, part)."""
+
+
+class ItemNotFound(SessionNotFound):
+    """The conversation exists and has no item with this id. (A 404 through `SessionNotFound`'s entry in the one
+    error map.)"""
+
+    code = 'item_not_found'
+
+    def __init__(self, session_id: str, item_id: str) -> None:
+        MemsvcError.__init__(self, f'conversation {session_id!r} has no item {item_id!r}')
+
+
+# --- the error shape -------------------------------------------------------------------------------------------
+
+
+@with_config(ConfigDict(extra='forbid', title='OpenAIErrorDetail'))
+class OpenAIErrorDetail(TypedDict):
+    message: str
+    type: Literal['invalid_request_error', 'server_error']
+    param: str | None
+    code: str
+
+
+@with_config(ConfigDict(extra='forbid', title='OpenAIError'))
+class OpenAIErrorBody(TypedDict):
+    """Every error answer of `/v1`."""
+
+    error: OpenAIErrorDetail
+
+
+def _param(exc: MemsvcError) -> str | None:
+    if isinstance(exc, InvalidParameter | InvalidHeader):
+        return exc.name
+    if isinstance(exc, InvalidInput):
+        return exc.field or None
+    return None
+
+
+def openai_error(exc: MemsvcError) -> web.Response:
+    """An error in OpenAI's shape, its status from the one error map (`endpoint.STATUS_FOR`)."""
+    status = status_for(exc)
+    if status == 422:
+        status = 400
+    kind = 'server_error' if status >= 500 else 'invalid_request_error'
+    body = {'error': {'message': exc.message, 'type': kind, 'param': _param(exc), 'code': exc.code}}
+    headers = headers_for(exc) or {}
+    if status == 409:
+        headers['x-should-retry'] = 'false'
+    return web.Response(status=status, body=orjson.dumps(body), content_type='application/json', headers=headers)
+
+
+conversations = RouteTable(error_body=OpenAIErrorBody, envelope=openai_error, prefix=V1)
+
+
+# --- bodies and answers ----------------------------------------------------------------------------------------
+
+OpenAIMetadata = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
+    Field(max_length=16, description='at most 16 keys of up to 64 characters, string values of up to 512'),
+]
+InputItem = Annotated[
+    JsonObject,
+    Field(
+        description='a `message` (or any object with a `role`), `function_call`, `function_call_output`, or any '
+        'other item type (kept as sent)'
+    ),
+]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class NewConversation(TypedDict):
+    items: NotRequired[Annotated[list[InputItem], Field(max_length=MAX_ITEMS)] | None]
+    metadata: NotRequired[OpenAIMetadata | None]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class ConversationUpdate(TypedDict):
+    metadata: Annotated[OpenAIMetadata | None, Field(description='replaces the metadata; null empties it')]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class NewItems(TypedDict):
+    items: Annotated[list[InputItem], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class Conversation(TypedDict):
+    id: str
+    object: Literal['conversation']
+    created_at: Annotated[int, Field(description='unix seconds')]
+    metadata: JsonObject
+
+
+@with_config(ConfigDict(extra='forbid'))
+class ConversationDeleted(TypedDict):
+    id: str
+    object: Literal['conversation.deleted']
+    deleted: Literal[True]
+
+
+@with_config(ConfigDict(extra='allow', title='ConversationItem'))
+class Item(TypedDict):
+    """A `message` (`role`, `content` as parts), `function_call` (`call_id`, `name`, `arguments`),
+    `function_call_output` (`call_id`, `output`) or an item of another type as it was sent."""
+
+    id: str
+    type: str
+
+
+@with_config(ConfigDict(extra='forbid'))
+class ConversationItemList(TypedDict):
+    object: Literal['list']
+    data: list[Item]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _json(payload: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type='application/json')
+
+
+def _conversation(record: SessionRecord) -> dict[str, Any]:
+    return {
+        'id': record.id,
+        'object': 'conversation',
+        'created_at': int(record.created_at.timestamp()),
+        'metadata': orjson.Fragment(record.metadata),
+    }
+
+
+def _item_list(items: list[bytes], ids: ItemIds, first: int, last: int, has_more: bool) -> web.Response:
+    """The list answer, of items already encoded (`first`, `last`: their message ids)."""
+    if items:
+        prefix = b'"' + ids.encoded_prefix
+        bounds = b'"first_id":%s%d","last_id":%s%d"' % (prefix, first, prefix, last)
+    else:
+        bounds = b'"first_id":null,"last_id":null'
+    more = b'true' if has_more else b'false'
+    body = b'{"object":"list","data":[%s],%s,"has_more":%s}' % (b','.join(items), bounds, more)
+    return web.Response(body=body, content_type='application/json')
+
+
+async def _append(
+    manager: AsyncMemoryManager, tenant: str, session_id: str, messages: list[NewMessage], key: str | None
+) -> list[bytes]:
+    """Append to an existing session only: `If-Match: *` in the store's own atomic step, its 412 a 404 here."""
+    try:
+        appended = await manager.add_messages(
+            tenant, session_id, messages, batch=True, expected_version=ANY_VERSION, idempotency_key=key
+        )
+    except PreconditionFailed:
+        raise SessionNotFound(session_id) from None
+    return appended.messages
+
+
+# --- conversations ---------------------------------------------------------------------------------------------
+
+CONVERSATION_ID = PathParam(
+    'conversation_id', SESSION_ID_PATTERN, require_session_id, description='the conversation (session) id'
+)
+NEW_CONVERSATION: JsonBody[NewConversation] = JsonBody(NewConversation, required=False)
+CONVERSATION_UPDATE: JsonBody[ConversationUpdate] = JsonBody(ConversationUpdate)
+NEW_ITEMS: JsonBody[NewItems] = JsonBody(NewItems)
+_CONVERSATION = {200: Reply(Conversation, 'the conversation')}
+
+
+@conversations.post(
+    CONVERSATIONS,
+    Operation(
+        'createConversation',
+        'Create a conversation, with metadata and up to 20 items',
+        _CONVERSATION,
+        errors=(400, 401, 404, 409, 413, 415),
+        params=(IDEMPOTENCY_KEY,),
+        body=(NEW_CONVERSATION,),
+    ),
+)
+async def create_conversation(request: web.Request) -> web.Response:
+    raw = await NEW_CONVERSATION.read(request)
+    body: NewConversation = {} if raw is None else NEW_CONVERSATION.parse(raw)
+    messages = to_messages(body.get('items') or [])  # every item checked before anything is written
+    key = IDEMPOTENCY_KEY.get(request)
+    manager, tenant = request.app[MANAGER], request[TENANT]
+    created = await manager.create_session(tenant, NewSession(metadata=body.get('metadata') or {}), idempotency_key=key)
+    session_id = created.record.id
+    if messages:
+        try:
+            await _append(manager, tenant, session_id, messages, None if key is None else f'{key} items')
+        except MemsvcError:
+            if key is None:  # nobody knows this id yet: take the half-made conversation back
+                with contextlib.suppress(MemsvcError):
+                    await manager.delete_session(tenant, session_id)
+            raise
+    return _json(_conversation(created.record))
+
+
+@conversations.get(
+    CONVERSATION,
+    Operation('getConversation', 'A conversation', _CONVERSATION, errors=(400, 401, 404), params=(CONVERSATION_ID,)),
+)
+async def get_conversation(request: web.Request) -> web.Response:
+    session_id = CONVERSATION_ID.get(request)
+    found = await request.app[MANAGER].get_session(request[TENANT], session_id, with_messages=False)
+    return _json(_conversation(found.record))
+
+
+@conversations.post(
+    CONVERSATION,
+    Operation(
+        'updateConversation',
+        "Replace a conversation's metadata",
+        _CONVERSATION,
+        errors=(400, 401, 404, 413, 415),
+        params=(CONVERSATION_ID,),
+        body=(CONVERSATION_UPDATE,),
+    ),
+)
+async def update_conversation(request: web.Request) -> web.Response:
+    session_id = CONVERSATION_ID.get(request)
+    raw = await CONVERSATION_UPDATE.read(request)
+    assert raw is not None
+    body = CONVERSATION_UPDATE.parse(raw)
+    record = await request.app[MANAGER].replace_metadata(request[TENANT], session_id, body['metadata'] or {})
+    return _json(_conversation(record))
+
+
+@conversations.delete(
+    CONVERSATION,
+    Operation(
+        'deleteConversation',
+        'Delete a conversation and its items',
+        {200: Reply(ConversationDeleted, 'deleted')},
+        errors=(400, 401, 404),
+        params=(CONVERSATION_ID,),
+    ),
+)
+async def delete_conversation(request: web.Request) -> web.Response:
+    session_id = CONVERSATION_ID.get(request)
+    await request.app[MANAGER].delete_session(request[TENANT], session_id)
+    return _json({'id': session_id, 'object': 'conversation.deleted', 'deleted': True})
+
+
+# --- items -----------------------------------------------------------------------------------------------------
+
+ITEM_ID = PathParam(
+    'item_id', r'^msg_[0-9a-f]{8}[1-9][0-9]{0,15}$', str, description='an item id this conversation answered'
+)  # an id of another shape names no item: 404
+INCLUDE = ListQuery('include', description='accepted, and changes nothing: memsvc keeps no such outputs')
+ITEMS_LIMIT = int_query('limit', 1, 100, default=20, description='page size')
+ORDER = choice_query('order', ('asc', 'desc'), default='desc', description='oldest first (asc) or newest first')
+AFTER = text_query(
+    'after',
+    schema={'type': 'string', 'pattern': r'^msg_[0-9a-f]{8}[1-9][0-9]{0,15}$'},
+    description="only items after this item id, in this page's order (last_id of the previous page)",
+)  # checked against the conversation's ids in the handler
+_ITEMS = {200: Reply(ConversationItemList, 'the items')}
+
+
+@conversations.post(
+    ITEMS,
+    Operation(
+        'createConversationItems',
+        'Add up to 20 items to a conversation, in order',
+        _ITEMS,
+        errors=(400, 401, 404, 409, 413, 415),
+        params=(CONVERSATION_ID, INCLUDE, IDEMPOTENCY_KEY),
+        body=(NEW_ITEMS,),
+    ),
+)
+async def create_items(request: web.Request) -> web.Response:
+    session_id = CONVERSATION_ID.get(request)
+    INCLUDE.get(request)
+    raw = await NEW_ITEMS.read(request)
+    assert raw is not None
+    messages = to_messages(NEW_ITEMS.parse(raw)['items'])
+    key = IDEMPOTENCY_KEY.get(request)
+    stored = await _append(request.app[MANAGER], request[TENANT], session_id, messages, key)
+    ids = ItemIds(session_id)
+    items = [encoded_item(raw, BARE if is_bare(sent) else 0, ids) for raw, sent in zip(stored, messages, strict=True)]
+    return _item_list(items, ids, message_id(stored[0]), message_id(stored[-1]), False)
+
+
+@conversations.get(
+    ITEMS,
+    Operation(
+        'listConversationItems',
+        "A page of a conversation's items",
+        _ITEMS,
+        errors=(400, 401, 404),
+        params=(CONVERSATION_ID, AFTER, ITEMS_LIMIT, ORDER, INCLUDE),
+        description='`has_more` says whether items follow this page; ask for them with `after=<last_id>`.',
+    ),
+)
+async def list_items(request: web.Request) -> web.Response:
+    session_id = CONVERSATION_ID.get(request)
+    limit, order, after = ITEMS_LIMIT.get(request), ORDER.get(request), AFTER.get(request)
+    INCLUDE.get(request)
+    ids = ItemIds(session_id)
+    cursor = None if after is None else ids.cursor(after)
+    # one more than the page, to tell whether more follow; the store answers oldest first either way
+    if order == 'desc':
+        selection = MessageRange(limit=limit + 1, before=cursor)
+    else:
+        selection = MessageRange(limit=limit + 1, after=cursor or 0)
+    page = await request.app[MANAGER].get_counted_messages(request[TENANT], session_id, selection)
+    messages = page.messages
+    if order == 'desc':
+        messages.reverse()
+    has_more = len(messages) > limit
+    if has_more:
+        del messages[limit:]
+    size = sum(len(raw) for raw, _ in messages) + ITEM_OVERHEAD_BYTES * len(messages)
+    if size > MIN_RESPONSE_BYTES and size > request.app[SETTINGS].max_response_bytes:
+        raise ResponseTooLarge(request.app[SETTINGS].max_response_bytes, 'ask for fewer items with limit')
+    if not messages:
+        return _item_list([], ids, 0, 0, False)
+    items = [encoded_item(raw, record, ids) for raw, record in messages]
+    return _item_list(items, ids, message_id(messages[0][0]), message_id(messages[-1][0]), has_more)
+
+
+@conversations.get(
+    ITEM,
+    Operation(
+        'getConversationItem',
+        'One item of a conversation',
+        {200: Reply(Item, 'the item')},
+        errors=(400, 401, 404),
+        params=(CONVERSATION_ID, ITEM_ID, INCLUDE),
+    ),
+)
+async def get_item(request: web.Request) -> web.Response:
+    session_id, item_id = CONVERSATION_ID.get(request), ITEM_ID.get(request)
+    INCLUDE.get(request)
+    ids = ItemIds(session_id)
+    message_id = ids.message_id(item_id)
+    selection = MessageRange(limit=1, after=(message_id or 1) - 1)  # a direct read: the message at that id, or past
+    found = orjson.loads(await request.app[MANAGER].get_messages(request[TENANT], session_id, selection))
+    if message_id is None or not found or found[0]['id'] != message_id:
+        raise ItemNotFound(session_id, item_id)
+    return _json(to_item(found[0], ids))
