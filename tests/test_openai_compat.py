@@ -545,20 +545,28 @@ def test_the_document_describes_v1_with_its_error_shape() -> None:
         assert error == {'$ref': '#/components/schemas/OpenAIError'}
 
 
-@pytest.mark.parametrize(
-    'content', ['', 'plain', 'quote " and \\ backslash', 'ünïcödé ✓ \u2028', ',"timestamp":"x"', '{"id":1}', 'a\nb\tc']
-)
-@pytest.mark.parametrize('role', ['user', 'assistant', 'system', 'developer'])
-def test_an_item_written_from_stored_bytes_is_the_decoded_one(role: str, content: str) -> None:
-    """The read path writes a bare message's item from its stored bytes: the same item as decoding it gives."""
-    from memsvc.compat.items import ItemIds, encoded_item, to_item
-    from memsvc.context import record
-    from memsvc.models import encode_message, utc_now, with_id
-    from memsvc.tokens import DEFAULT_ENCODING, shared_counter
+def test_the_read_path_s_items_are_to_item_s() -> None:
+    """`encoded_items` writes bare messages' items inline: the same items as `to_item` makes, for every kind."""
+    from memsvc.compat.items import ItemIds, encoded_items, to_item
 
-    message: Any = {'role': role, 'content': content}
-    raw = with_id(41, encode_message(message, utc_now()))
+    stored: list[Any] = [
+        {'id': n, 'role': role, 'content': content, 'timestamp': 't'}
+        for n, (role, content) in enumerate(
+            [('user', 'a'), ('assistant', 'b'), ('system', ''), ('developer', 'd'), ('tool', 'e')], start=1
+        )
+    ]
+    stored += [
+        {'id': 9, 'role': 'tool', 'content': 'r', 'tool_call_id': 'c', 'timestamp': 't'},
+        {'id': 10, 'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'c', 'function': CALL}], 'timestamp': 't'},
+        {'id': 11, 'role': 'user', 'content': 'x', 'name': 'ann', 'timestamp': 't'},
+        {
+            'id': 12,
+            'role': 'assistant',
+            'content': '',
+            'metadata': {'openai_item': {'type': 'reasoning'}},
+            'timestamp': 't',
+        },
+    ]
     ids = ItemIds('s')
-    value = record(shared_counter(DEFAULT_ENCODING), message)
-    assert orjson.loads(encoded_item(raw, value, ids)) == to_item(orjson.loads(raw), ids)
-    assert orjson.loads(encoded_item(raw, 0, ids)) == to_item(orjson.loads(raw), ids)
+    stored += [{'id': 13, 'role': 'user', 'content': 'quote " \\ ünï ✓ \u2028 ,"timestamp":"x"', 'timestamp': 't'}]
+    assert [orjson.loads(item) for item in encoded_items(stored, ids)] == [to_item(message, ids) for message in stored]

@@ -28,8 +28,7 @@ from pydantic import ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
 from memsvc.appkeys import MANAGER, SETTINGS, TENANT
-from memsvc.compat.items import ItemIds, encoded_item, is_bare, to_item, to_messages
-from memsvc.context import BARE, message_id
+from memsvc.compat.items import ItemIds, encoded_items, to_item, to_messages
 from memsvc.declare import (
     JsonBody,
     ListQuery,
@@ -52,7 +51,15 @@ from memsvc.errors import (
     SessionNotFound,
 )
 from memsvc.manager import AsyncMemoryManager
-from memsvc.models import SESSION_ID_PATTERN, JsonObject, NewMessage, NewSession, SessionRecord, require_session_id
+from memsvc.models import (
+    SESSION_ID_PATTERN,
+    JsonObject,
+    NewMessage,
+    NewSession,
+    SessionRecord,
+    json_array,
+    require_session_id,
+)
 from memsvc.routes import IDEMPOTENCY_KEY
 from memsvc.settings import MIN_RESPONSE_BYTES
 from memsvc.stores.base import ANY_VERSION, MessageRange
@@ -196,15 +203,15 @@ def _conversation(record: SessionRecord) -> dict[str, Any]:
     }
 
 
-def _item_list(items: list[bytes], ids: ItemIds, first: int, last: int, has_more: bool) -> web.Response:
-    """The list answer, of items already encoded (`first`, `last`: their message ids)."""
-    if items:
-        prefix = b'"' + ids.encoded_prefix
-        bounds = b'"first_id":%s%d","last_id":%s%d"' % (prefix, first, prefix, last)
+def _item_list(messages: list[dict[str, Any]], ids: ItemIds, has_more: bool) -> web.Response:
+    """The list answer of these stored messages' items."""
+    if messages:
+        prefix = ids.encoded_prefix
+        bounds = b'"first_id":"%s%d","last_id":"%s%d"' % (prefix, messages[0]['id'], prefix, messages[-1]['id'])
     else:
         bounds = b'"first_id":null,"last_id":null'
-    more = b'true' if has_more else b'false'
-    body = b'{"object":"list","data":[%s],%s,"has_more":%s}' % (b','.join(items), bounds, more)
+    items = b','.join(encoded_items(messages, ids))
+    body = b'{"object":"list","data":[%s],%s,"has_more":%s}' % (items, bounds, b'true' if has_more else b'false')
     return web.Response(body=body, content_type='application/json')
 
 
@@ -343,9 +350,7 @@ async def create_items(request: web.Request) -> web.Response:
     messages = to_messages(NEW_ITEMS.parse(raw)['items'])
     key = IDEMPOTENCY_KEY.get(request)
     stored = await _append(request.app[MANAGER], request[TENANT], session_id, messages, key)
-    ids = ItemIds(session_id)
-    items = [encoded_item(raw, BARE if is_bare(sent) else 0, ids) for raw, sent in zip(stored, messages, strict=True)]
-    return _item_list(items, ids, message_id(stored[0]), message_id(stored[-1]), False)
+    return _item_list(orjson.loads(json_array(stored)), ItemIds(session_id), False)
 
 
 @conversations.get(
@@ -370,20 +375,19 @@ async def list_items(request: web.Request) -> web.Response:
         selection = MessageRange(limit=limit + 1, before=cursor)
     else:
         selection = MessageRange(limit=limit + 1, after=cursor or 0)
-    page = await request.app[MANAGER].get_counted_messages(request[TENANT], session_id, selection)
-    messages = page.messages
+    raw = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
+    if (
+        len(raw) > MIN_RESPONSE_BYTES
+        and len(raw) + ITEM_OVERHEAD_BYTES * limit > request.app[SETTINGS].max_response_bytes
+    ):
+        raise ResponseTooLarge(request.app[SETTINGS].max_response_bytes, 'ask for fewer items with limit')
+    messages = orjson.loads(raw)
     if order == 'desc':
         messages.reverse()
     has_more = len(messages) > limit
     if has_more:
         del messages[limit:]
-    size = sum(len(raw) for raw, _ in messages) + ITEM_OVERHEAD_BYTES * len(messages)
-    if size > MIN_RESPONSE_BYTES and size > request.app[SETTINGS].max_response_bytes:
-        raise ResponseTooLarge(request.app[SETTINGS].max_response_bytes, 'ask for fewer items with limit')
-    if not messages:
-        return _item_list([], ids, 0, 0, False)
-    items = [encoded_item(raw, record, ids) for raw, record in messages]
-    return _item_list(items, ids, message_id(messages[0][0]), message_id(messages[-1][0]), has_more)
+    return _item_list(messages, ids, has_more)
 
 
 @conversations.get(
