@@ -172,6 +172,12 @@ async def test_async_client_covers_every_method(served: Served) -> None:
     first: Any = added.data[0]
     one = await client.conversations.items.retrieve(first.id, conversation_id=created.id)
     assert _dump(one) == listed[2]
+    after_delete = await client.conversations.items.delete(first.id, conversation_id=created.id)
+    assert (after_delete.id, after_delete.object) == (created.id, 'conversation')
+    with pytest.raises(openai.NotFoundError):
+        await client.conversations.items.retrieve(first.id, conversation_id=created.id)
+    left = [item.id async for item in client.conversations.items.list(created.id, order='asc')]
+    assert left == [item['id'] for item in listed if item['id'] != first.id]
     assert (await client.conversations.update(created.id, metadata={'k': 'v'})).metadata == {'k': 'v'}
     assert (await client.conversations.delete(created.id)).deleted is True
     with pytest.raises(openai.NotFoundError):
@@ -324,6 +330,7 @@ def test_an_unknown_conversation_is_not_found_on_every_route(served: Served) -> 
         lambda: client.conversations.items.create(missing, items=[_text(0)]),
         lambda: client.conversations.items.list(missing),
         lambda: client.conversations.items.retrieve('msg_0000000011', conversation_id=missing),
+        lambda: client.conversations.items.delete('msg_0000000011', conversation_id=missing),
     ]
     for call in calls:
         with pytest.raises(openai.NotFoundError) as caught:
@@ -341,6 +348,10 @@ def test_an_unknown_item_is_not_found(served: Served) -> None:
         with pytest.raises(openai.NotFoundError) as caught:
             client.conversations.items.retrieve(item_id, conversation_id=conversation.id)
         assert _error(caught.value)['code'] == 'item_not_found'
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.conversations.items.delete(item_id, conversation_id=conversation.id)
+        assert _error(caught.value)['code'] == 'item_not_found'
+    assert len(client.conversations.items.list(other.id).data) == 1, 'nothing was deleted elsewhere'
 
 
 def test_another_tenant_sees_nothing(served: Served) -> None:
@@ -504,6 +515,11 @@ async def test_agents_sdk_session(served: Served) -> None:
     assert [item['content'][0]['text'] for item in items] == [f'turn {n}' for n in range(45)]
     last: Any = await session.get_items(limit=5)
     assert [item['content'][0]['text'] for item in last] == [f'turn {n}' for n in range(40, 45)]
+    popped: Any = await session.pop_item()
+    assert popped['content'][0]['text'] == 'turn 44'
+    assert len(await session.get_items()) == 44
+    native = served.native('GET', f'{API}/sessions/{conversation.id}/messages?limit=1').json()
+    assert native[0]['content'] == 'turn 43', 'pop_item deleted the stored message'
     await session.clear_session()
     assert served.native('GET', f'{API}/sessions/{conversation.id}').status_code == 404
     fresh = OpenAIConversationsSession(openai_client=client)
@@ -535,6 +551,7 @@ def test_the_document_describes_v1_with_its_error_shape() -> None:
         'createConversation',
         'createConversationItems',
         'deleteConversation',
+        'deleteConversationItem',
         'getConversation',
         'getConversationItem',
         'listConversationItems',

@@ -28,7 +28,7 @@ from pydantic import ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
 from memsvc.appkeys import MANAGER, SETTINGS, TENANT
-from memsvc.compat.items import ItemIds, encoded_items, to_item, to_messages
+from memsvc.compat.items import ItemIds, encoded_items, to_messages
 from memsvc.declare import (
     JsonBody,
     ListQuery,
@@ -46,6 +46,7 @@ from memsvc.errors import (
     InvalidInput,
     InvalidParameter,
     MemsvcError,
+    MessageNotFound,
     PreconditionFailed,
     ResponseTooLarge,
     SessionNotFound,
@@ -74,9 +75,8 @@ ITEM_OVERHEAD_BYTES = 256
 """An upper bound of what an item's answer holds beyond its stored message's bytes (its type, status, part)."""
 
 
-class ItemNotFound(SessionNotFound):
-    """The conversation exists and has no item with this id. (A 404 through `SessionNotFound`'s entry in the one
-    error map.)"""
+class ItemNotFound(MessageNotFound):
+    """The conversation exists and has no item with this id (404, as `MessageNotFound` in the one error map)."""
 
     code = 'item_not_found'
 
@@ -404,9 +404,42 @@ async def get_item(request: web.Request) -> web.Response:
     session_id, item_id = CONVERSATION_ID.get(request), ITEM_ID.get(request)
     INCLUDE.get(request)
     ids = ItemIds(session_id)
+    message = await _message(request.app[MANAGER], request[TENANT], session_id, ids, item_id)
+    return web.Response(body=encoded_items([orjson.loads(message)], ids)[0], content_type='application/json')
+
+
+@conversations.delete(
+    ITEM,
+    Operation(
+        'deleteConversationItem',
+        'Delete one item of a conversation; answers the conversation',
+        _CONVERSATION,
+        errors=(400, 401, 404),
+        params=(CONVERSATION_ID, ITEM_ID),
+    ),
+)
+async def delete_item(request: web.Request) -> web.Response:
+    session_id, item_id = CONVERSATION_ID.get(request), ITEM_ID.get(request)
+    manager, tenant = request.app[MANAGER], request[TENANT]
+    message_id = ItemIds(session_id).message_id(item_id)
+    try:
+        if message_id is None:
+            raise MessageNotFound(session_id, 0)
+        await manager.delete_message(tenant, session_id, message_id)
+    except MessageNotFound:
+        await manager.get_session(tenant, session_id, with_messages=False)  # an unknown conversation is 404 too
+        raise ItemNotFound(session_id, item_id) from None
+    found = await manager.get_session(tenant, session_id, with_messages=False)
+    return _json(_conversation(found.record))
+
+
+async def _message(manager: AsyncMemoryManager, tenant: str, session_id: str, ids: ItemIds, item_id: str) -> bytes:
+    """The stored message an item id names: a direct read of its message id."""
     message_id = ids.message_id(item_id)
-    selection = MessageRange(limit=1, after=(message_id or 1) - 1)  # a direct read: the message at that id, or past
-    found = orjson.loads(await request.app[MANAGER].get_messages(request[TENANT], session_id, selection))
-    if message_id is None or not found or found[0]['id'] != message_id:
-        raise ItemNotFound(session_id, item_id)
-    return _json(to_item(found[0], ids))
+    try:
+        if message_id is None:
+            raise MessageNotFound(session_id, 0)
+        return await manager.get_message(tenant, session_id, message_id)
+    except MessageNotFound:
+        await manager.get_session(tenant, session_id, with_messages=False)  # an unknown conversation is 404 too
+        raise ItemNotFound(session_id, item_id) from None
