@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS
+from memsvc.appkeys import HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS
 from memsvc.auth import Keyring
 from memsvc.compat.openai import conversations
 from memsvc.endpoint import endpoints
+from memsvc.events import open_hub
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import FLUSH_SECONDS, Metrics
 from memsvc.openapi import build_openapi
@@ -25,10 +26,19 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     counter loads off the event loop, meanwhile."""
     settings = app[SETTINGS]
     counter = asyncio.get_running_loop().run_in_executor(None, shared_counter, DEFAULT_ENCODING)
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, open_hub(settings, store) as hub:
         instrumented = InstrumentedStore(store, app[METRICS], settings.store_deadline())
-        app[MANAGER] = AsyncMemoryManager(instrumented, settings, await counter)
+        app[HUB] = hub
+        app[METRICS].open_streams = lambda: hub.open_streams
+        app[MANAGER] = AsyncMemoryManager(instrumented, settings, await counter, hub)
         yield
+
+
+async def _end_waits(app: web.Application) -> None:
+    """On SIGTERM, before aiohttp waits for the requests in flight: event streams end and long-polls answer now,
+    so the drain does not wait for them."""
+    if HUB in app:
+        app[HUB].shutdown()
 
 
 async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -62,5 +72,6 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
+    app.on_shutdown.append(_end_waits)
     app.add_routes(endpoints((routes, conversations), Keyring.from_settings(settings), metrics))
     return app

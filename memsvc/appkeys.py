@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from memsvc.events import Hub
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import Metrics
 from memsvc.settings import Settings
@@ -10,5 +11,6 @@ SETTINGS = web.AppKey('settings', Settings)
 MANAGER = web.AppKey('manager', AsyncMemoryManager)
 OPENAPI_JSON = web.AppKey('openapi_json', bytes)
 METRICS = web.AppKey('metrics', Metrics)
+HUB = web.AppKey('hub', Hub)
 
 TENANT = web.RequestKey('tenant', str)

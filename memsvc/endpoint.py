@@ -51,6 +51,7 @@ from memsvc.errors import (
     SessionNotFound,
     SummaryNotFound,
     ThroughIdNotStored,
+    TooManyStreams,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -88,6 +89,7 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     InternalError: 500,
     NotSupported: 501,
     BackendUnavailable: 503,
+    TooManyStreams: 503,
 }
 """The one map from an error class to its status, looked up along the MRO: a subclass answers as its
 nearest listed base (`InvalidCursor` as `InvalidParameter`, `StoreTimeout` as `BackendUnavailable`).
@@ -135,7 +137,7 @@ def status_for(exc: MemsvcError) -> int:
 
 def headers_for(exc: MemsvcError) -> dict[str, str] | None:
     """The headers an error answer carries besides its body (what to retry, how, or when)."""
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, BackendUnavailable | TooManyStreams):
         return {'Retry-After': RETRY_AFTER_SECONDS}
     if isinstance(exc, MethodNotAllowed):
         return {'Allow': ','.join(exc.allowed)}

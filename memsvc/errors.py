@@ -236,6 +236,17 @@ class BackendUnavailable(MemsvcError):
     code = 'backend_unavailable'
 
 
+class TooManyStreams(MemsvcError):
+    """This process holds `MEMSVC_MAX_STREAMS` open event streams already."""
+
+    code = 'too_many_streams'
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f'this server holds its limit of {limit} open event streams (MEMSVC_MAX_STREAMS); retry shortly'
+        )
+
+
 class StoreTimeout(BackendUnavailable):
     """A store operation passed the store deadline (`MEMSVC_STORE_TIMEOUT_SECONDS`); it may still complete."""
 

@@ -20,6 +20,7 @@ import orjson
 from memsvc import window
 from memsvc.context import message_id, record
 from memsvc.errors import InvalidCursor, InvalidInput, MessageNotFound, SessionExists, SessionNotFound
+from memsvc.events import Change, Hub
 from memsvc.models import (
     NewFork,
     NewMessage,
@@ -75,10 +76,17 @@ def decode_cursor(token: str) -> ListCursor:
 
 class AsyncMemoryManager:
     """`counter` counts under the default encoding: each appended message's `context.record` is made with it once,
-    at append, and stored next to the message."""
+    at append, and stored next to the message.
 
-    def __init__(self, store: Store, settings: Settings, counter: TokenCounter) -> None:
+    After every write of a session the `hub` learns of it (`memsvc.events`): the manager tells it when the hub is
+    `local` (in_memory, Chroma); on Redis the write's own script publishes, and the manager does nothing more.
+    Every write that a stream reports calls `_changed` (append, clear, delete, single-message delete, truncate), and
+    its Redis script calls the scripts' `notify(kind, data)` (`redis_scripts.NOTIFY`)."""
+
+    def __init__(self, store: Store, settings: Settings, counter: TokenCounter, hub: Hub | None = None) -> None:
         self.store = store
+        self.hub = hub if hub is not None else Hub()
+        self._local_events = self.hub.local
         self.counter = counter
         self.counters = Counters(counter)
         self._max_content = settings.max_content_chars
@@ -193,6 +201,12 @@ class AsyncMemoryManager:
         require_session_id(session_id)
         if not await self.store.delete_session(tenant, session_id, expected_version=expected_version):
             raise SessionNotFound(session_id)
+        self._changed(tenant, session_id, Change('deleted'))
+
+    def _changed(self, tenant: str, session_id: str, change: Change) -> None:
+        """Wake this process's listeners of the session, where the store does not publish its writes itself."""
+        if self._local_events:
+            self.hub.notify(tenant, session_id, change)
 
     async def add_messages(
         self,
@@ -228,7 +242,7 @@ class AsyncMemoryManager:
 
         idempotency = self._idempotency(idempotency_key, 'append', session_id, asked)
         counter = self.counter
-        return await self.store.append_messages(
+        appended = await self.store.append_messages(
             tenant,
             session_id,
             bodies,
@@ -237,6 +251,9 @@ class AsyncMemoryManager:
             idempotency=idempotency,
             records=[record(counter, message) for message in messages],
         )
+        if self._local_events:
+            self.hub.appended(tenant, session_id, appended.messages)
+        return appended
 
     async def get_messages(self, tenant: str, session_id: str, selection: MessageRange) -> bytes:
         """The selected messages as one JSON array."""
@@ -245,6 +262,15 @@ class AsyncMemoryManager:
         if messages is None:
             raise SessionNotFound(session_id)
         return messages
+
+    async def read_messages(self, tenant: str, session_id: str, selection: MessageRange) -> list[bytes]:
+        """The selected messages, each as stored (the bytes every read answers), oldest first: what an event
+        stream sends, one event each."""
+        require_session_id(session_id)
+        page = await self.store.get_counted_messages(tenant, session_id, selection)
+        if page is None:
+            raise SessionNotFound(session_id)
+        return [raw for raw, _ in page.messages]
 
     async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage:
         """The selected messages, oldest first, each with its `context.record` under the default encoding, and how
@@ -266,6 +292,7 @@ class AsyncMemoryManager:
         version = await self.store.clear_messages(tenant, session_id, utc_now(), expected_version=expected_version)
         if version is None:
             raise SessionNotFound(session_id)
+        self._changed(tenant, session_id, Change('cleared'))
         return version
 
     async def get_message(self, tenant: str, session_id: str, message_id: int) -> bytes:
@@ -289,6 +316,7 @@ class AsyncMemoryManager:
         )
         if version is None:
             raise SessionNotFound(session_id)
+        self._changed(tenant, session_id, Change('message_deleted', message_id))
         return version
 
     async def truncate_messages(
@@ -300,6 +328,7 @@ class AsyncMemoryManager:
         done = await self.store.truncate_messages(tenant, session_id, after, now, expected_version=expected_version)
         if done is None:
             raise SessionNotFound(session_id)
+        self._changed(tenant, session_id, Change('truncated', after))
         return done
 
     async def set_summary(

@@ -14,6 +14,7 @@ second old; this process's are exact.
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -71,6 +72,9 @@ class Metrics:
         self._in_flight = Gauge(
             'memsvc_requests_in_flight', 'requests being handled', registry=registry, multiprocess_mode='livesum'
         )
+        self._open_streams = Gauge(
+            'memsvc_open_streams', 'event streams open', registry=registry, multiprocess_mode='livesum'
+        )
         self.store_latency = Histogram(
             'memsvc_store_operation_duration_seconds',
             'time of one store operation',
@@ -83,6 +87,8 @@ class Metrics:
         )
         self.in_flight = 0
         """Requests being handled now; `endpoint.py` counts them."""
+        self.open_streams: Callable[[], int] = lambda: 0
+        """The event streams open now: the app points it at its hub's count."""
         self._requests: dict[tuple[str, str, int], _Tally] = {}
         self._store: dict[str, _Tally] = {}
 
@@ -108,6 +114,7 @@ class Metrics:
         for operation, tally in store.items():
             _add(self.store_latency.labels(operation), tally)
         self._in_flight.set(self.in_flight)
+        self._open_streams.set(self.open_streams())
 
     def render(self) -> bytes:
         self.flush()

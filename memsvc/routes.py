@@ -5,12 +5,14 @@ handler reads through and `openapi.py` documents (see `declare.py`).
 """
 
 import asyncio
+import re
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import MANAGER, METRICS, OPENAPI_JSON, SETTINGS, TENANT
+from memsvc.appkeys import HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS, TENANT
+from memsvc.context import message_id
 from memsvc.declare import (
     Header,
     JsonBody,
@@ -26,7 +28,7 @@ from memsvc.declare import (
     parse_int,
     text_query,
 )
-from memsvc.errors import BackendUnavailable, InvalidParameter, ResponseTooLarge
+from memsvc.errors import BackendUnavailable, InvalidHeader, InvalidParameter, ResponseTooLarge
 from memsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from memsvc.models import (
     ROLES,
@@ -51,6 +53,7 @@ from memsvc.models import (
 )
 from memsvc.render import FORMATS, Format
 from memsvc.settings import MIN_RESPONSE_BYTES
+from memsvc.sse import EventStream, wait_for_messages
 from memsvc.stores.base import ANY_VERSION, MessageRange
 from memsvc.tokens import DEFAULT_ENCODING, ENCODINGS, EncodingName
 
@@ -289,6 +292,9 @@ async def fork_session(request: web.Request) -> web.Response:
 MESSAGES_LIMIT = int_query('limit', 1, 10_000, description='at most this many')
 BEFORE = int_query('before', 0, MAX_ID, description='only ids below this one')
 AFTER = int_query('after', 0, MAX_ID, description='only ids above this one')
+WAIT = int_query(
+    'wait', 1, 60, description='with `after`: when no message follows it, wait up to this many seconds for one'
+)
 
 
 @routes.get(
@@ -298,14 +304,23 @@ AFTER = int_query('after', 0, MAX_ID, description='only ids above this one')
         'Messages, oldest first',
         {200: Reply(list[Message], 'the messages')},
         errors=(400, 401, 404),
-        params=(SESSION_ID, MESSAGES_LIMIT, BEFORE, AFTER),
-        description='Without `after`, `limit` takes the last N (below `before`); with `after`, the first N above it.',
+        params=(SESSION_ID, MESSAGES_LIMIT, BEFORE, AFTER, WAIT),
+        description='Without `after`, `limit` takes the last N (below `before`); with `after`, the first N above it. '
+        'With `wait` (and `after`), a long-poll: when no message follows `after`, the answer comes as soon as one '
+        'is written (through any replica), or is `[]` after `wait` seconds. An unknown session is 404 at once.',
     ),
 )
 async def get_messages(request: web.Request) -> web.Response:
     session_id = SESSION_ID.get(request)
     selection = MessageRange(limit=MESSAGES_LIMIT.get(request), before=BEFORE.get(request), after=AFTER.get(request))
-    messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
+    wait = WAIT.get(request)
+    if wait is not None:
+        if selection.after is None:
+            raise InvalidParameter('wait', 'give after=<the last id you have> with wait')
+        app = request.app
+        messages = await wait_for_messages(app[MANAGER], app[HUB], request[TENANT], session_id, selection, wait)
+    else:
+        messages = await request.app[MANAGER].get_messages(request[TENANT], session_id, selection)
     if len(messages) > MIN_RESPONSE_BYTES:  # the hot read: no call for the usual answer
         _bounded(request, len(messages), 'ask for fewer messages with limit, and page with before or after')
     return web.Response(body=messages, content_type='application/json')
@@ -415,6 +430,60 @@ async def delete_message(request: web.Request) -> web.Response:
         request[TENANT], session_id, message_id, expected_version=IF_MATCH.get(request)
     )
     return web.Response(body=_SUCCESS, content_type='application/json', headers=_etag(version))
+
+
+def _last_event_id(match: 're.Match[str]') -> int:
+    value = int(match.group(0))
+    if value > MAX_ID:
+        raise InvalidHeader('Last-Event-ID', LAST_EVENT_PROBLEM)
+    return value
+
+
+LAST_EVENT_PROBLEM = f'the id of a message: an integer from 0 to {MAX_ID}'
+LAST_EVENT_ID = Header(
+    'Last-Event-ID',
+    r'[0-9]{1,16}',
+    _last_event_id,
+    description='resume after this message id (EventSource sends it when it reconnects); wins over `after`',
+    problem=LAST_EVENT_PROBLEM,
+    strip=True,
+)
+EVENTS_AFTER = int_query('after', 0, MAX_ID, description='resume after this message id (as Last-Event-ID)')
+
+
+@routes.get(
+    f'{SESSION}/events',
+    Operation(
+        'streamEvents',
+        "The session's changes as Server-Sent Events",
+        {200: Reply(None, 'the event stream', media_type='text/event-stream')},
+        errors=(400, 401, 404, 503),
+        params=(SESSION_ID, LAST_EVENT_ID, EVENTS_AFTER),
+        description='`event: message` with `id: <message id>` and `data:` the message as stored (what GET '
+        '…/messages answers for it), one line of JSON; `event: message_deleted` (`{"id"}`), `truncated` '
+        '(`{"after"}`), `cleared` and `deleted` (`{}`; the stream ends after it). With `Last-Event-ID` (or '
+        '`after`), the messages after that id come first; with neither, the stream starts with the next new '
+        'message. A comment line after MEMSVC_STREAM_KEEPALIVE_SECONDS without an event. Writes through any '
+        'replica of the same Redis reach the stream. 404 before the stream starts for an unknown session; 503 '
+        '`too_many_streams` past MEMSVC_MAX_STREAMS open streams in this process.',
+    ),
+)
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    session_id = SESSION_ID.get(request)
+    resumed = LAST_EVENT_ID.get(request)
+    after = EVENTS_AFTER.get(request)
+    if resumed is not None:
+        after = resumed
+    app, tenant = request.app, request[TENANT]
+    manager, hub = app[MANAGER], app[HUB]
+    async with hub.listen(tenant, session_id, stream=True) as listener:
+        if after is None:  # from the next new message: after the newest one stored now
+            newest = await manager.read_messages(tenant, session_id, MessageRange(limit=1))
+            after, first = (message_id(newest[-1]) if newest else 0), []
+        else:
+            first = await manager.read_messages(tenant, session_id, MessageRange(limit=500, after=after))
+        stream = EventStream(request, manager, hub, listener, after, app[SETTINGS].stream_keepalive_seconds)
+        return await stream.run(first)
 
 
 # --- the context window and the summary ----------------------------------------------------

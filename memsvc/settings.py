@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description='seconds a client may take none of its answer before it is dropped'
     )
     keepalive_timeout_seconds: float = Field(75.0, ge=0, le=3600, description='an idle connection is closed after')
+    max_streams: int = Field(10_000, ge=1, le=1_000_000, description='open event streams per process, then 503')
+    stream_keepalive_seconds: float = Field(
+        15.0, gt=0, le=300, description='an event stream sends a comment line after this long without an event'
+    )
     max_connections: int | None = Field(
         None, ge=1, le=1_000_000, description='open connections per process; unset: 1000, or what fits the fd limit'
     )

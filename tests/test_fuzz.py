@@ -63,12 +63,20 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
+NOT_FUZZED = {'streamEvents'}
+"""An event stream does not end by itself, and a generated request may name a session that exists: its tests are
+tests/test_events.py and tests/test_events_replicas.py."""
+LONGEST_WAIT = '1'
+"""A generated long-poll waits at most this long (a session that exists and has nothing after `after` would wait
+the whole `wait`, up to 60 s, for each of the examples)."""
+
+
 def _cases() -> list[Any]:
     """Every operation with valid input; those that take input also with invalid input."""
     cases = []
     for item in build_openapi(Settings())['paths'].values():
         for method, operation in item.items():
-            if method == 'parameters':
+            if method == 'parameters' or operation['operationId'] in NOT_FUZZED:
                 continue
             cases.append(
                 pytest.param(operation['operationId'], GenerationMode.POSITIVE, id=f'{operation["operationId"]}-valid')
@@ -98,6 +106,8 @@ def test_every_operation_answers_as_documented(
         suppress_health_check=list(hypothesis.HealthCheck),
     )
     def check(case: Any) -> None:
+        if isinstance(case.query, dict) and str(case.query.get('wait', '')).isdigit():
+            case.query['wait'] = LONGEST_WAIT
         response = case.call(base_url=served, session=http)
         # 501 is the documented answer to search on a store without it; any other 5xx is a bug
         assert response.status_code < 500 or response.status_code == 501, case.as_curl_command()

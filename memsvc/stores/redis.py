@@ -8,6 +8,7 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
     {p}:{<tenant>/<id>}:summary     STRING  the summary as the API answers it
     {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
+    {p}:{<tenant>/<id>}:events      (S)PUBLISH channel, not a key: each write's wake-up (`memsvc.events`)
 
 `meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15), and
 `forked_from` (JSON) on a fork. While a fork is copied, two hidden lists under the new session's hash tag,
@@ -127,6 +128,8 @@ class RedisStore(RedisReads):
     caller's: it opens and closes it."""
 
     def __init__(self, client: Client, settings: Settings) -> None:
+        self.client = client
+        """For `memsvc.events.RedisWakeups`, which opens its own connections like the client's."""
         self._redis = transport_for(client, settings)
         # Asked once: on Cluster the tenant's index is updated beside the session scripts (module docstring).
         self._index_beside = self._redis.spans_slots

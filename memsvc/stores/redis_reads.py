@@ -47,6 +47,10 @@ class RedisKeys:
     def sessions(self) -> str:
         return f'{self.prefix}:{self.tenant}:sessions'
 
+    def events(self, session_id: str) -> str:
+        """The session's wake-up channel, which its scripts publish to (`redis_scripts.NOTIFY`)."""
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:events'
+
     def fork_copy(self, session_id: str, nonce: str) -> tuple[str, str]:
         """The hidden lists (messages, records) a fork into `session_id` copies into (`redis_fork`)."""
         stem = f'{self.prefix}:{{{self.tenant}/{session_id}}}:fork:{nonce}'

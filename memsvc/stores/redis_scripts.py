@@ -23,6 +23,18 @@ local function index(key, member, score, ttl, cutoff, gt)
 end
 """
 
+# Wakes the requests that wait on the session (`memsvc.events`): publishes `kind data` to the session's channel,
+# `{p}:{<tenant>/<id>}:events`, made from the meta key (same hash tag, so on Cluster the shard channel is in the
+# script's slot). SPUBLISH from Redis 7.0 on, PUBLISH before (where SPUBLISH is an unknown command).
+NOTIFY = """
+local function notify(kind, data)
+  local channel = string.sub(meta, 1, -5) .. 'events'
+  local payload = data and (kind .. ' ' .. data) or kind
+  local sent = redis.pcall('SPUBLISH', channel, payload)
+  if type(sent) == 'table' and sent.err then redis.call('PUBLISH', channel, payload) end
+end
+"""
+
 # The session scripts. `sessions` is the tenant's index, given on a single Redis only (on Cluster it is in
 # another slot). `expected` is the If-Match version: '' none, '*' any, or the number; `fingerprint` '' when
 # there is no Idempotency-Key. Each answers a table led by a status: 'ok' …, 'replay' <recorded result>,
@@ -31,6 +43,7 @@ end
 SESSION = Prefix(
     'session',
     INDEX,
+    NOTIFY,
     """
 ttl, idem_ttl = tonumber(ttl), tonumber(idem_ttl)
 local function later(a, b) if tonumber(a) >= tonumber(b) then return a end return b end
@@ -188,6 +201,7 @@ redis.call('HSET', meta, 'next_id', string.format('%d', next_id + count), 'updat
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
 record(version .. '\\n' .. table.concat(stored, '\\n'))
+notify('message', string.format('%d', next_id + count - 1))
 return {'ok', next_id, version}
 """,
     prefix=SESSION,
@@ -250,6 +264,7 @@ local updated = later(state[2], now)
 redis.call('HSET', meta, 'updated_at', updated)
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
+notify('cleared')
 return {'ok', updated, version}
 """,
     prefix=SESSION,
@@ -258,12 +273,14 @@ return {'ok', updated, version}
 # 'ok', 'gone' or 'stale' <current version>.
 DELETE = Script(
     'delete',
+    NOTIFY,
     """
 local version = redis.call('HGET', meta, 'version')
 if not version then return {'gone'} end
 if expected ~= '' and expected ~= '*' and expected ~= version then return {'stale', version} end
 redis.call('DEL', meta, msgs, counts, summary)
 if sessions then redis.call('ZREM', sessions, session_id) end
+notify('deleted')
 return {'ok'}
 """,
     keys=('meta', 'msgs', 'counts', 'summary', 'sessions?'),
@@ -457,6 +474,7 @@ else
   list = merged
 end
 save_gaps(list)
+notify('message_deleted', message_id)
 return bumped(state[2])
 """,
     prefix=SESSION,
@@ -498,6 +516,7 @@ end
 save_gaps(kept)
 local text = redis.call('GET', summary)
 if text and tonumber(cjson.decode(text)['through_id']) > cut then redis.call('DEL', summary) end
+notify('truncated', after)
 return bumped(state[2], held - keep)
 """,
     prefix=SESSION,
