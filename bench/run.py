@@ -13,8 +13,9 @@ ratio to the ceiling is taken within each round and the median over rounds is re
 median req/s, p50 and p99. Results go to `bench/results/` as JSON and as a PNG chart.
 
 Sections: the scenarios of a chat turn, growth (append and get-last-20 on sessions that already hold
-10 / 1,000 / 100,000 messages), memory per stored message at 1M messages, and `--workers 2` against
-one worker on redis.
+10 / 1,000 / 100,000 messages), memory per stored message at 1M messages, `--workers 2` against
+one worker on redis, and live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
+messages: `bench/live.py`).
 """
 
 import argparse
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.live import section_live
 from bench.measure import (
     CONNECTIONS,
     CONTEXT_LEVELS,
@@ -184,7 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-SECTIONS = ('memory', 'main', 'growth', 'workers', 'chroma')
+SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'chroma')
 
 
 def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -284,6 +286,9 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 )
                 _flush(redis_server)
                 results['workers'] = section_workers(workdir, redis_server, args)
+            if 'live' in sections:
+                _flush(redis_server)
+                results['live'] = section_live(workdir, redis_server, args.seconds, args.warmup)
         finally:
             redis_server.stop(kill=True)
         if 'chroma' in sections:
@@ -326,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         taken = ', '.join(f'cpu {cpu} {share:.0f} %' for cpu, share in results['machine']['steal_percent'].items())
         print(f'\nsteal time (the hypervisor ran other guests on our cores) during this run: {taken}')
     results['targets'] = targets_met(results)
-    print('\ntargets (issue 5)')
+    print('\ntargets (issues 5, 14, 15, 17)')
     for check in results['targets']:
         print(f'  {"met    " if check["met"] else "NOT met"}  {check["target"]}: {check["value"]:.2f}')
     args.out.write_text(json.dumps(results, indent=2) + '\n')
