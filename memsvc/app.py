@@ -1,7 +1,11 @@
 """The application factory."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
@@ -20,12 +24,38 @@ from memsvc.stores import open_store
 from memsvc.stores.instrumented import InstrumentedStore
 from memsvc.tokens import DEFAULT_ENCODING, shared_counter
 
+T = TypeVar('T')
+
+
+def _in_daemon_thread(work: Callable[[], T]) -> 'asyncio.Future[T]':
+    """`work()` in a daemon thread of its own, as a future of the running loop. Not the loop's default executor:
+    its threads are joined when the interpreter exits, so a start that fails (Redis refuses or is LOADING) would
+    print its one line and then wait for the token counter it no longer needs (seconds on a busy machine)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(future.set_result, work())
+        except BaseException as exc:  # handed to the awaiting start-up
+            outcome = functools.partial(future.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name='memsvc-token-counter', daemon=True).start()
+    return future
+
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store at start (failing there when the backend is down) and close it at the end. The token
-    counter loads off the event loop, meanwhile."""
+    counter loads off the event loop, meanwhile, in a thread that does not hold up the exit of a failed start."""
     settings = app[SETTINGS]
-    counter = asyncio.get_running_loop().run_in_executor(None, shared_counter, DEFAULT_ENCODING)
+    counter = _in_daemon_thread(lambda: shared_counter(DEFAULT_ENCODING))
     async with open_store(settings) as store, open_hub(settings, store) as hub:
         instrumented = InstrumentedStore(store, app[METRICS], settings.store_deadline())
         app[HUB] = hub
