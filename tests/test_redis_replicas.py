@@ -122,9 +122,34 @@ def workers(redis_server: RedisServer, request: pytest.FixtureRequest, tmp_path:
                 os.kill(pid, signal.SIGTERM)
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (a worker binds only once its start-up ran)."""
+    try:
+        sockets = {os.readlink(fd) for fd in (Path('/proc') / str(pid) / 'fd').iterdir()}
+        rows = (Path('/proc') / str(pid) / 'net' / 'tcp').read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        fields = row.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == '0A' and int(local.rsplit(':', 1)[1], 16) == port and f'socket:[{inode}]' in sockets:
+            return True
+    return False
+
+
 async def test_two_worker_processes_serve_the_same_data(workers: Workers, redis_server: RedisServer) -> None:
     base, process = workers.base, workers.process
-    deadline = time.monotonic() + 20
+    port = int(base.rsplit(':', 1)[1])
+    # Both workers must listen before the requests start: the port answers as soon as the first one does, and on
+    # a busy machine the second may still be starting up many seconds later (then it would serve nothing).
+    deadline = time.monotonic() + 90
+    while True:
+        children = workers.children = _children(process.pid)
+        if len(children) == 2 and all(_listens(pid, port) for pid in children):
+            break
+        assert process.poll() is None, workers.log.read_text()
+        assert time.monotonic() < deadline, f'the workers did not both listen: {workers.log.read_text()}'
+        await asyncio.sleep(0.1)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         while True:  # every fresh connection lands on either worker: wait until a few in a row answer
             try:
@@ -136,8 +161,7 @@ async def test_two_worker_processes_serve_the_same_data(workers: Workers, redis_
             assert process.poll() is None, workers.log.read_text()
             assert time.monotonic() < deadline, 'the workers did not become ready'
             await asyncio.sleep(0.1)
-        children = workers.children = _children(process.pid)
-        assert len(children) == 2
+        assert sorted(_children(process.pid)) == sorted(children)
 
         limit = asyncio.Semaphore(20)
 
