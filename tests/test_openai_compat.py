@@ -7,7 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,14 @@ class Served:
     url: str
     store: str
     redis: RedisServer | None
+    clients: list[OpenAI] = field(default_factory=list)
+    """The blocking clients the tests made, closed when the server stops: a client dropped with its connections
+    open would have them reported (ResourceWarning) in whichever later test the garbage collector runs."""
 
     def client(self, key: str = KEY, **options: Any) -> OpenAI:
-        return OpenAI(base_url=self.url + '/v1', api_key=key, **options)
+        client = OpenAI(base_url=self.url + '/v1', api_key=key, **options)
+        self.clients.append(client)
+        return client
 
     def async_client(self, key: str = KEY, **options: Any) -> AsyncOpenAI:
         return AsyncOpenAI(base_url=self.url + '/v1', api_key=key, **options)
@@ -60,18 +65,22 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             redis = RedisServer.start(Path(tmp_path_factory.mktemp('v1-redis')))
             stack.callback(redis.stop, kill=True)
             env.update(REDIS_URL=redis.url)
+        # The log goes to a file, not a pipe: a pipe nobody reads while the tests run would stall the server once full.
+        log_path = tmp_path_factory.mktemp('v1-serve') / 'serve.log'
+        log_file = stack.enter_context(log_path.open('wb'))
         process = subprocess.Popen(
-            [sys.executable, '-m', 'memsvc', 'serve', '--port', str(port)], env=env, stderr=subprocess.PIPE
+            [sys.executable, '-m', 'memsvc', 'serve', '--port', str(port)], env=env, stderr=log_file
         )
+        served = Served(f'http://127.0.0.1:{port}', request.param, redis)
         try:
             wait_until_serving(port, process)
-            yield Served(f'http://127.0.0.1:{port}', request.param, redis)
+            yield served
         finally:
+            for client in served.clients:
+                client.close()
             process.terminate()
             assert process.wait(timeout=15) == 0
-            assert process.stderr is not None
-            log = process.stderr.read()
-            process.stderr.close()
+            log = log_path.read_bytes()
             assert b'Traceback' not in log, log.decode(errors='replace')[-3000:]
 
 
