@@ -30,10 +30,24 @@ async def test_another_tenants_session_is_404_and_never_listed(tenants: CheckedC
     for method, path in [
         ('GET', f'{API}/sessions/private'),
         ('GET', f'{API}/sessions/private/messages'),
+        ('GET', f'{API}/sessions/private/messages?after=0&wait=1'),
+        ('GET', f'{API}/sessions/private/messages/1'),
+        ('GET', f'{API}/sessions/private/context'),
+        ('GET', f'{API}/sessions/private/summary'),
+        ('GET', f'{API}/sessions/private/events'),
+        ('DELETE', f'{API}/sessions/private/summary'),
+        ('DELETE', f'{API}/sessions/private/messages/1'),
+        ('DELETE', f'{API}/sessions/private/messages?after=0'),
         ('DELETE', f'{API}/sessions/private/messages'),
         ('DELETE', f'{API}/sessions/private'),
     ]:
         assert (await tenants.request(method, path, headers=BOB)).status == 404, (method, path)
+    summary = {'content': 'stolen', 'through_id': 1}
+    assert (await tenants.put(f'{API}/sessions/private/summary', headers=BOB, json=summary)).status == 404
+    assert (await tenants.post(f'{API}/sessions/private/fork', headers=BOB, json={'id': 'copy'})).status == 404
+    assert (await tenants.get(f'{API}/sessions/copy', headers=BOB)).status == 404
+    kept = (await tenants.get(f'{API}/sessions/private/messages', headers=ALICE)).json()
+    assert [message['content'] for message in kept] == ['secret']
     assert (await tenants.patch(f'{API}/sessions/private', headers=BOB, json={'metadata': {'x': 1}})).status == 404
     assert (await tenants.get(f'{API}/sessions', headers=BOB)).json() == []
     session = (await tenants.get(f'{API}/sessions/private', headers=ALICE)).json()
