@@ -15,7 +15,7 @@ handler class, so `memsvc serve` runs its own `EdgeRunner` (an `AppRunner` whose
 - **A client must take what it is sent**: once the transport holds more than its high-water mark, the
   client must take some of it every `MEMSVC_SEND_TIMEOUT_SECONDS`, or the connection is dropped and the
   memory with it. This bounds a non-reading client of any answer, an event stream's too; the size of one
-  answer is bounded in `routes.py` (`MEMSVC_MAX_RESPONSE_BYTES`).
+  answer is bounded in `routes/common.py` (`MEMSVC_MAX_RESPONSE_BYTES`).
 - **A bound on open connections per process** (`MEMSVC_MAX_CONNECTIONS`): a connection past it is
   answered at once with a 503 `too_many_connections` (with `Retry-After`) and closed, rather than being
   refused at the socket, so that a client or load balancer learns why and retries elsewhere.

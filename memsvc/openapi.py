@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, written from the route declarations (`routes.py`, see `declare.py`) and the
+"""The OpenAPI 3.1 document, written from the route declarations (`routes/`, see `declare.py`) and the
 pydantic types they name, with the bounds that come from the settings filled in: it states this server's
 real limits. Nothing here describes a route by hand.
 
