@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from memsvc.client.events import frames
+
 
 @dataclass(frozen=True)
 class Event:
@@ -16,27 +18,10 @@ class Event:
 
 
 async def events(content: aiohttp.StreamReader) -> AsyncIterator[Event]:
-    """The events of a stream, until it ends. Comment lines are skipped; `data` is the raw bytes."""
-    kind, event_id, data = 'message', None, b''
-    while True:
-        line = await content.readline()
-        if not line:
-            return
-        line = line.rstrip(b'\n')
-        if not line:
-            if data:
-                yield Event(kind, event_id, data)
-            kind, event_id, data = 'message', None, b''
-        elif line.startswith(b':'):
-            continue
-        else:
-            name, _, value = line.partition(b': ')
-            if name == b'event':
-                kind = value.decode()
-            elif name == b'id':
-                event_id = value.decode()
-            elif name == b'data':
-                data = value
+    """The events of a stream, until it ends, read by the client's parser. Comment lines are skipped; `data` is
+    the raw bytes."""
+    async for kind, event_id, data in frames(content):
+        yield Event(kind, event_id, data)
 
 
 async def comments(content: aiohttp.StreamReader, count: int) -> int:

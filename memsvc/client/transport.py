@@ -1,0 +1,219 @@
+"""How the client sends a request: one aiohttp session, the API key, the error answers turned into exceptions,
+and the retry rules.
+
+What is retried, and when:
+
+- *reads* (GET) on a 503, a connection error or a timeout: they change nothing;
+- *keyed writes* (create, append, fork, the summary's PUT and DELETE) on the same: the client sends an
+  `Idempotency-Key`, generated once per call (or given by the caller) and the same on every attempt, so a
+  retry whose first attempt did land returns the first answer and writes nothing again;
+- *other writes* (PATCH, the DELETEs) only when the request surely never reached the server: the connection
+  could not be made, or the edge refused the connection before reading it (503 `too_many_connections`). A
+  write is never retried without a key when it may have been applied.
+
+Each call makes at most `Retries.attempts` attempts within `Retries.deadline` seconds; between attempts it waits
+an exponential backoff with jitter (`backoff`, doubling, up to `max_backoff`), and at least what the answer's
+`Retry-After` asks. When the attempts or the time run out, the last error is raised: the error answer as its
+`ApiError` class, or `TransportError` when there was no answer.
+"""
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import aiohttp
+import orjson
+import yarl
+from multidict import CIMultiDictProxy
+
+from memsvc.client.errors import ApiError, TransportError, error_for
+
+EDGE_REFUSALS = frozenset({'too_many_connections'})
+"""503 codes the server answers before reading the request: nothing of it was handled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How often and how long one call may try. `attempts` counts the first try (1 = no retries)."""
+
+    attempts: int = 4
+    deadline: float = 30.0
+    """Seconds from the first attempt after which no new attempt starts."""
+    backoff: float = 0.05
+    """The first wait, in seconds; it doubles with each attempt, with jitter (a random share of up to half)."""
+    max_backoff: float = 2.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before attempt number `attempt + 1` (1-based `attempt` just failed)."""
+        step = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        wait = step / 2 + random.uniform(0, step / 2)
+        if retry_after is not None:
+            wait = max(wait, retry_after + random.uniform(0, step / 2))
+        return wait
+
+
+DEFAULT_RETRIES = Retries()
+NO_RETRIES = Retries(attempts=1)
+
+
+class Replay(Enum):
+    """What may be sent again (the module docstring)."""
+
+    SAFE = 'safe'
+    """A read, or a write with an Idempotency-Key: retried on 503, connection errors and timeouts."""
+    UNSENT = 'unsent'
+    """A write without a key: retried only when it surely was not handled."""
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: 'CIMultiDictProxy[str]'
+
+    @property
+    def etag(self) -> str | None:
+        return self.headers.get('ETag')
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class Transport:
+    """One aiohttp session (made on first use, in the running loop) and the rules above."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float,
+        retries: Retries,
+        connections: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        url = yarl.URL(base_url)
+        if not url.absolute:
+            raise ValueError(f'give an absolute base URL, such as http://127.0.0.1:8080, not {base_url!r}')
+        self.base_url = str(url).rstrip('/')
+        self.origin = str(url.origin())
+        self.prefix = url.path.rstrip('/')
+        """The path before the API's, when memsvc is served under one (behind a proxy)."""
+        self.timeout = timeout
+        self.retries = retries
+        self._connections = connections
+        self._headers = dict(headers or {})
+        if api_key is not None:
+            self._headers['Authorization'] = f'Bearer {api_key}'
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                self.origin,
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._connections),
+                cookie_jar=aiohttp.DummyCookieJar(),  # memsvc sets no cookies
+                auto_decompress=False,  # and never compresses
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        found = self._timeouts.get(seconds)
+        if found is None:
+            found = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return found
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        replay: Replay = Replay.SAFE,
+        timeout: float | None = None,  # noqa: ASYNC109  (per attempt: aiohttp's, not the whole call's)
+        retries: Retries | None = None,
+    ) -> Answer:
+        """Send until answered with a 2xx (returned), an error that is not retried (raised), or the attempts or
+        the time run out (the last error raised). `path` starts with `/`; `timeout` is per attempt."""
+        policy = retries or self.retries
+        started = time.monotonic()
+        attempt = 0
+        send_headers = {'Content-Type': 'application/json', **(headers or {})} if body is not None else headers
+        limit = self._timeout(self.timeout if timeout is None else timeout)
+        while True:
+            attempt += 1
+            try:
+                async with self._http().request(
+                    method, self.prefix + path, params=params, data=body, headers=send_headers, timeout=limit
+                ) as reply:
+                    data = await reply.read()
+                    if reply.status < 400:
+                        return Answer(reply.status, data, reply.headers)
+                    error = _error(reply.status, data, reply.headers)
+            except aiohttp.ClientConnectorError as exc:  # never sent: any request may go again
+                error = TransportError(f'cannot connect to {self.base_url}: {exc}')
+                retryable = True
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = TransportError(f'{method} {path}: {_describe(exc)}')
+                retryable = replay is Replay.SAFE
+            else:
+                retryable = error.status == 503 and (replay is Replay.SAFE or error.code in EDGE_REFUSALS)
+            if not retryable or attempt >= policy.attempts:
+                raise error
+            wait = policy.delay(attempt, error.retry_after)
+            if time.monotonic() + wait - started > policy.deadline:
+                raise error
+            await asyncio.sleep(wait)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, headers: Mapping[str, str], read_timeout: float
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One GET whose answer is read as it comes (an event stream): error answers raise as `request` raises
+        them, without retries (the caller decides); a read that waits longer than `read_timeout` raises."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout)
+        try:
+            async with self._http().get(self.prefix + path, headers=headers, timeout=timeout) as reply:
+                if reply.status >= 400:
+                    raise _error(reply.status, await reply.read(), reply.headers)
+                yield reply
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(f'cannot connect to {self.base_url}: {exc}') from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return 'no answer in time'
+    return f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
+
+
+def _error(status: int, body: bytes, headers: 'CIMultiDictProxy[str]') -> ApiError:
+    """The exception for an error answer: our JSON error body, or (from something in front of memsvc) any other."""
+    code, message = f'http_{status}', body[:200].decode(errors='replace')
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        detail = orjson.loads(body)['error']
+        code, message = str(detail['code']), str(detail['message'])
+    retry_after = None
+    with contextlib.suppress(ValueError, TypeError):
+        retry_after = float(headers.get('Retry-After', ''))
+    return error_for(status, code, message, headers.get('X-Request-ID'), retry_after)
