@@ -90,7 +90,11 @@ async def test_every_route_through_typed_methods(client: AsyncMemsvcClient) -> N
     assert updated['metadata'] == {'user_id': '7', 'lang': 'de'}
 
     assert await client.truncate(sid, 2) == 1
+    popped = await client.pop(sid)
+    assert popped is not None
+    assert popped['id'] == 2
     await client.delete_message(sid, 1)
+    assert await client.pop(sid) is None
     with pytest.raises(MessageNotFound):
         await client.get_message(sid, 1)
     await client.clear_messages(sid)

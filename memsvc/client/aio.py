@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, Self, TypeVar
 import orjson
 from pydantic import TypeAdapter
 
-from memsvc.client.errors import ApiError, InvalidSessionId, PreconditionFailed
+from memsvc.client.errors import ApiError, InvalidSessionId, MessageNotFound, PreconditionFailed
 from memsvc.client.events import Event, EventStream
 from memsvc.client.transport import DEFAULT_RETRIES, NO_RETRIES, Answer, Replay, Retries, Transport, new_idempotency_key
 from memsvc.models import (
@@ -357,6 +357,19 @@ class AsyncMemsvcClient:
         """Remove one message; its id is never given again."""
         path = f'{_session_path(session_id)}/messages/{message_id}'
         await self._unkeyed('DELETE', path, headers=_if_match(if_match))
+
+    async def pop(self, session_id: str) -> Message | None:
+        """Remove the newest message and answer it (None when the session has none). Concurrent pops each get a
+        message of their own: one that another took first is passed over for the next newest."""
+        while True:
+            newest = await self.get_messages(session_id, limit=1)
+            if not newest:
+                return None
+            try:
+                await self.delete_message(session_id, newest[0]['id'])
+            except MessageNotFound:
+                continue
+            return newest[0]
 
     async def clear_messages(self, session_id: str, *, if_match: IfMatch | None = None) -> None:
         """Remove every message and the summary; the session and its metadata stay."""

@@ -84,6 +84,15 @@ class MemsvcClient:
             if self._thread.is_alive():
                 self._run(close())
 
+    def call(self, work: Callable[[AsyncMemsvcClient], Coroutine[Any, Any, T]]) -> T:
+        """Run `work(async_client)` on this client's loop and wait for its result: several calls in one step."""
+        return self._run(work(self._client))
+
+    async def run(self, work: Callable[[AsyncMemsvcClient], Coroutine[Any, Any, T]]) -> T:
+        """Await `work(async_client)` from any event loop: it runs on this client's own loop, so one client serves
+        coroutines of every loop (an adapter's async methods, called from whatever loop its framework runs)."""
+        return await asyncio.wrap_future(self._submit(work(self._client)))
+
     def close(self) -> None:
         """Close the connections and stop the thread; the client cannot be used after this."""
         if not self._thread.is_alive():
@@ -116,6 +125,7 @@ class MemsvcClient:
     messages = _iterating(AsyncMemsvcClient.messages)
     get_message = _blocking(AsyncMemsvcClient.get_message)
     delete_message = _blocking(AsyncMemsvcClient.delete_message)
+    pop = _blocking(AsyncMemsvcClient.pop)
     clear_messages = _blocking(AsyncMemsvcClient.clear_messages)
     truncate = _blocking(AsyncMemsvcClient.truncate)
     events = _iterating(AsyncMemsvcClient.events)
