@@ -22,7 +22,9 @@ import redis
 
 from tests.helpers import is_memsvc_variable
 
-START_TIMEOUT_SECONDS = 15.0
+START_TIMEOUT_SECONDS = 60.0
+"""How long a started process may take to listen. Generous: the wait ends as soon as it listens, and on a loaded
+2-core machine importing memsvc and its dependencies alone has taken over 15 s."""
 
 
 def clean_env(**extra: str) -> dict[str, str]:
