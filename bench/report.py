@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.client import client_targets
 from bench.live import live_targets
 from bench.measure import CONNECTIONS, GROWTH_LEVELS, Scenario
 from bench.servers import Server
@@ -49,7 +50,7 @@ def print_memory(row: dict[str, Any]) -> None:
 
 
 def targets_met(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of issues 5, 14, 15 and 17 that this run measured, each with its figure and whether it is met."""
+    """The targets of issues 5, 14, 15, 17 and 18 that this run measured, each with its figure and whether it is met."""
     checks = []
     for store, floor in (('memsvc-in_memory', 0.7), ('memsvc-redis', 0.45)):
         for name in ('append', 'get_last_20'):
@@ -76,6 +77,7 @@ def targets_met(results: dict[str, Any]) -> list[dict[str, Any]]:
         target = f'memsvc-{row["store"]} memory <= {row["target_bytes_per_message"]:.0f} B/message'
         checks.append({'target': target, 'value': row['bytes_per_message'], 'met': row['met']})
     checks += live_targets(results.get('live', {}))
+    checks += client_targets(results.get('client', {}))
     return checks
 
 

@@ -14,8 +14,8 @@ median req/s, p50 and p99. Results go to `bench/results/` as JSON and as a PNG c
 
 Sections: the scenarios of a chat turn, growth (append and get-last-20 on sessions that already hold
 10 / 1,000 / 100,000 messages), memory per stored message at 1M messages, `--workers 2` against
-one worker on redis, and live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
-messages: `bench/live.py`).
+one worker on redis, live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
+messages: `bench/live.py`) and client (`memsvc.client` as the load generator against wrk: `bench/client.py`).
 """
 
 import argparse
@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.client import section_client
 from bench.live import section_live
 from bench.measure import (
     CONNECTIONS,
@@ -186,7 +187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'chroma')
+SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'client', 'chroma')
 
 
 def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -289,6 +290,8 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
             if 'live' in sections:
                 _flush(redis_server)
                 results['live'] = section_live(workdir, redis_server, args.seconds, args.warmup)
+            if 'client' in sections:
+                results['client'] = section_client(workdir, args.seconds, args.warmup, args.rounds)
         finally:
             redis_server.stop(kill=True)
         if 'chroma' in sections:
@@ -331,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         taken = ', '.join(f'cpu {cpu} {share:.0f} %' for cpu, share in results['machine']['steal_percent'].items())
         print(f'\nsteal time (the hypervisor ran other guests on our cores) during this run: {taken}')
     results['targets'] = targets_met(results)
-    print('\ntargets (issues 5, 14, 15, 17)')
+    print('\ntargets (issues 5, 14, 15, 17, 18)')
     for check in results['targets']:
         print(f'  {"met    " if check["met"] else "NOT met"}  {check["target"]}: {check["value"]:.2f}')
     args.out.write_text(json.dumps(results, indent=2) + '\n')

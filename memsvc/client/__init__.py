@@ -1,5 +1,6 @@
-"""A Python client of memsvc: `AsyncMemsvcClient` (asyncio, on aiohttp) and `MemsvcClient` (blocking, the same
-client run on a background event loop), for every route of the chat API.
+"""A Python client of memsvc: `AsyncMemsvcClient` (asyncio: calls on HTTP/1.1 connections of its own, the event
+stream on aiohttp) and `MemsvcClient` (blocking, the same client run on a background event loop), for every route
+of the chat API.
 
     async with AsyncMemsvcClient('http://127.0.0.1:8080', api_key=KEY) as client:
         await client.append_many('s-1', [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}])

@@ -106,7 +106,7 @@ def _query(**values: str | int | bool | None) -> dict[str, str | int]:
 
 def _next_cursor(answer: Answer) -> str | None:
     """The `cursor` of the `Link: <…>; rel="next"` header (the rest of the URL is the request's own)."""
-    link = answer.headers.get('Link')
+    link = answer.headers.get('link')
     if link is None or 'rel="next"' not in link:
         return None
     url = link[link.index('<') + 1 : link.index('>')]

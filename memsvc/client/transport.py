@@ -1,5 +1,5 @@
-"""How the client sends a request: one aiohttp session, the API key, the error answers turned into exceptions,
-and the retry rules.
+"""How the client sends a request: its connections (`memsvc.client.http` for calls, an aiohttp session for event
+streams), the API key, the error answers turned into exceptions, and the retry rules.
 
 What is retried, and when:
 
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from typing import Any
 import aiohttp
 import orjson
 import yarl
-from multidict import CIMultiDictProxy
 
 from memsvc.client.errors import ApiError, TransportError, error_for
+from memsvc.client.http import ConnectFailed, ConnectionBroke, HttpPool
 
+TARGET_CACHE_SIZE = 4096
 EDGE_REFUSALS = frozenset({'too_many_connections'})
 """503 codes the server answers before reading the request: nothing of it was handled."""
 
@@ -79,18 +81,19 @@ def new_idempotency_key() -> str:
 class Answer:
     status: int
     body: bytes
-    headers: 'CIMultiDictProxy[str]'
+    headers: Mapping[str, str]
+    """With lower-case names."""
 
     @property
     def etag(self) -> str | None:
-        return self.headers.get('ETag')
+        return self.headers.get('etag')
 
     def json(self) -> Any:
         return orjson.loads(self.body)
 
 
 class Transport:
-    """One aiohttp session (made on first use, in the running loop) and the rules above."""
+    """The connections (made on first use, in the running loop) and the rules above."""
 
     def __init__(
         self,
@@ -106,22 +109,38 @@ class Transport:
         if not url.absolute:
             raise ValueError(f'give an absolute base URL, such as http://127.0.0.1:8080, not {base_url!r}')
         self.base_url = str(url).rstrip('/')
-        self.origin = str(url.origin())
-        self.prefix = url.path.rstrip('/')
-        """The path before the API's, when memsvc is served under one (behind a proxy)."""
         self.timeout = timeout
         self.retries = retries
         self._connections = connections
         self._headers = dict(headers or {})
         if api_key is not None:
             self._headers['Authorization'] = f'Bearer {api_key}'
+        self._url = url
+        self._origin = str(url.origin())
+        self._prefix = url.path.rstrip('/')
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._pool: HttpPool | None = None
+        self._targets: dict[tuple[str, Any], str] = {}
+
+    def target(self, path: str, params: Mapping[str, str | int] | None = None) -> str:
+        """The request target of `path` with `params`, built once: a gateway asks for the same few on every turn."""
+        key = (path, tuple(params.items()) if params else None)
+        found = self._targets.get(key)
+        if found is None:
+            if len(self._targets) >= TARGET_CACHE_SIZE:
+                self._targets.clear()
+            found = self._prefix + path + ('?' + urllib.parse.urlencode(params) if params else '')
+            self._targets[key] = found
+        return found
+
+    def _calls(self) -> HttpPool:
+        if self._pool is None:
+            self._pool = HttpPool(self._url, self._connections, self._headers)
+        return self._pool
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                self.origin,
                 headers=self._headers,
                 connector=aiohttp.TCPConnector(limit=self._connections),
                 cookie_jar=aiohttp.DummyCookieJar(),  # memsvc sets no cookies
@@ -130,13 +149,10 @@ class Transport:
             )
         return self._session
 
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        found = self._timeouts.get(seconds)
-        if found is None:
-            found = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return found
-
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -158,22 +174,23 @@ class Transport:
         policy = retries or self.retries
         started = time.monotonic()
         attempt = 0
-        send_headers = {'Content-Type': 'application/json', **(headers or {})} if body is not None else headers
-        limit = self._timeout(self.timeout if timeout is None else timeout)
+        if body is not None:
+            headers = {'Content-Type': 'application/json', **(headers or {})}
+        target = self.target(path, params)
+        seconds = self.timeout if timeout is None else timeout
+        pool = self._calls()
         while True:
             attempt += 1
             try:
-                async with self._http().request(
-                    method, self.prefix + path, params=params, data=body, headers=send_headers, timeout=limit
-                ) as reply:
-                    data = await reply.read()
-                    if reply.status < 400:
-                        return Answer(reply.status, data, reply.headers)
-                    error = _error(reply.status, data, reply.headers)
-            except aiohttp.ClientConnectorError as exc:  # never sent: any request may go again
-                error = TransportError(f'cannot connect to {self.base_url}: {exc}')
+                async with asyncio.timeout(seconds):
+                    reply = await pool.request(method, target, headers, body)
+                if reply.status < 400:
+                    return Answer(reply.status, reply.body, reply.headers)
+                error = _error(reply.status, reply.body, reply.headers)
+            except ConnectFailed as exc:  # never sent: any request may go again
+                error = TransportError(str(exc))
                 retryable = True
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (ConnectionBroke, OSError, TimeoutError) as exc:
                 error = TransportError(f'{method} {path}: {_describe(exc)}')
                 retryable = replay is Replay.SAFE
             else:
@@ -193,9 +210,9 @@ class Transport:
         them, without retries (the caller decides); a read that waits longer than `read_timeout` raises."""
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout)
         try:
-            async with self._http().get(self.prefix + path, headers=headers, timeout=timeout) as reply:
+            async with self._http().get(self._origin + self.target(path), headers=headers, timeout=timeout) as reply:
                 if reply.status >= 400:
-                    raise _error(reply.status, await reply.read(), reply.headers)
+                    raise _error(reply.status, await reply.read(), {k.lower(): v for k, v in reply.headers.items()})
                 yield reply
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f'cannot connect to {self.base_url}: {exc}') from exc
@@ -207,7 +224,8 @@ def _describe(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
 
 
-def _error(status: int, body: bytes, headers: 'CIMultiDictProxy[str]') -> ApiError:
+def _error(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    """`headers` with lower-case names."""
     """The exception for an error answer: our JSON error body, or (from something in front of memsvc) any other."""
     code, message = f'http_{status}', body[:200].decode(errors='replace')
     with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
@@ -215,5 +233,5 @@ def _error(status: int, body: bytes, headers: 'CIMultiDictProxy[str]') -> ApiErr
         code, message = str(detail['code']), str(detail['message'])
     retry_after = None
     with contextlib.suppress(ValueError, TypeError):
-        retry_after = float(headers.get('Retry-After', ''))
-    return error_for(status, code, message, headers.get('X-Request-ID'), retry_after)
+        retry_after = float(headers.get('retry-after', ''))
+    return error_for(status, code, message, headers.get('x-request-id'), retry_after)
