@@ -65,6 +65,12 @@ class Served:
                 return float(line.rsplit(' ', 1)[1])
         return 0.0
 
+    def gauge(self, name: str) -> float:
+        for line in requests.get(self.url + '/metrics', timeout=10).text.splitlines():
+            if line.startswith(name + ' '):
+                return float(line.rsplit(' ', 1)[1])
+        return 0.0
+
     def wait_for(self, what: str, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + DEADLINE_SECONDS
         while not check():

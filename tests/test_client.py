@@ -260,6 +260,21 @@ async def test_events_resume_across_a_server_restart(served: Served, client: Asy
     assert got[2].message['content'] == 'm4'
 
 
+async def test_events_start_with_the_next_message(served: Served, client: AsyncMemsvcClient) -> None:
+    sid = _sid('next')
+    await client.append(sid, {'role': 'user', 'content': 'stored before'})
+    streams = served.gauge('memsvc_open_streams')
+    stream = client.events(sid)
+    reading = asyncio.create_task(anext(stream))
+    await asyncio.to_thread(
+        served.wait_for, 'the stream to open', lambda: served.gauge('memsvc_open_streams') > streams
+    )
+    await client.append(sid, {'role': 'user', 'content': 'new'})
+    event = await asyncio.wait_for(reading, 60)
+    assert (event.kind, event.id) == ('message', 2)
+    await stream.aclose()
+
+
 def test_the_blocking_client_is_the_async_one(served: Served) -> None:
     public = {name for name, _ in inspect.getmembers(AsyncMemsvcClient, inspect.isfunction) if not name.startswith('_')}
     assert public - {'aclose'} <= set(dir(MemsvcClient)), 'every method has its blocking twin'

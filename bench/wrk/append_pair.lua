@@ -2,12 +2,7 @@
 -- gateway does after every turn (args: prefix=, sessions=).
 local bench = dofile((debug.getinfo(1, 'S').source:match('^@(.*/)') or './') .. 'common.lua')
 
-local BODY = '[{"role":"user","content":"Can you summarise the three main points of the report I sent this '
-  .. 'morning, and list the deadlines it mentions?"},'
-  .. '{"role":"assistant","content":"Here are the three main points: first, revenue grew by twelve percent '
-  .. 'while costs stayed flat; second, the new product line ships in the spring; third, hiring is paused '
-  .. 'until the audit is complete. Deadlines: the budget review on March 3, the launch plan on March 17, '
-  .. 'and the audit report at the end of April."}]'
+local BODY = bench.PAIR
 
 function init(args)
   local opts = bench.options(args)

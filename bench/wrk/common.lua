@@ -20,6 +20,14 @@ end
 
 M.json = { ['Content-Type'] = 'application/json' }
 
+-- A gateway's user + assistant pair, as one JSON array (append_pair.lua, turn.lua).
+M.PAIR = '[{"role":"user","content":"Can you summarise the three main points of the report I sent this '
+  .. 'morning, and list the deadlines it mentions?"},'
+  .. '{"role":"assistant","content":"Here are the three main points: first, revenue grew by twelve percent '
+  .. 'while costs stayed flat; second, the new product line ships in the spring; third, hiring is paused '
+  .. 'until the audit is complete. Deadlines: the budget review on March 3, the launch plan on March 17, '
+  .. 'and the audit report at the end of April."}]'
+
 local requests, count, next_one = {}, 0, 0
 
 -- Build `build(session_id)` for every session of this thread.

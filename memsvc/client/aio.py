@@ -11,7 +11,7 @@ only if the session exists). `modify` is the read-modify-write loop built on the
 """
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
@@ -381,7 +381,9 @@ class AsyncMemsvcClient:
         answer = await self._unkeyed('DELETE', path, headers=_if_match(if_match), params={'after': after})
         return _parse(_TRUNCATED, answer.body)['deleted']
 
-    def events(self, session_id: str, *, after: int | None = None, read_timeout: float = 60.0) -> AsyncIterator[Event]:
+    def events(
+        self, session_id: str, *, after: int | None = None, read_timeout: float = 60.0
+    ) -> AsyncGenerator[Event, None]:
         """The session's changes as they happen (`GET …/events`), from the first message after `after` (default:
         the next one written). The stream reconnects by itself after a dropped connection or a server restart,
         resuming after the last message it gave (nothing missed, nothing twice), within the client's

@@ -11,7 +11,7 @@ replayed (the server keeps no log of them): re-read the messages after a reconne
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ class EventStream:
         self._transport, self._path, self._after = transport, path, after
         self._read_timeout, self._newest = read_timeout, newest
 
-    async def run(self) -> AsyncIterator[Event]:
+    async def run(self) -> AsyncGenerator[Event, None]:
         last = self._after if self._after is not None else await self._newest(self._path)
         policy = self._transport.retries
         attempt, outage_started = 0, None
