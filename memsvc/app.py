@@ -10,9 +10,10 @@ from typing import TypeVar
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS
+from memsvc.appkeys import HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS, STREAMED_BODIES
 from memsvc.auth import Keyring
 from memsvc.compat.openai import conversations
+from memsvc.declare import LinesBody
 from memsvc.endpoint import endpoints
 from memsvc.events import open_hub
 from memsvc.manager import AsyncMemoryManager
@@ -100,6 +101,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[OPENAPI_JSON] = orjson.dumps(build_openapi(settings))
+    app[STREAMED_BODIES] = frozenset(
+        route.path for route in routes.declared if any(isinstance(body, LinesBody) for body in route.operation.body)
+    )
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_end_waits)

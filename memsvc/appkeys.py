@@ -12,5 +12,7 @@ MANAGER = web.AppKey('manager', AsyncMemoryManager)
 OPENAPI_JSON = web.AppKey('openapi_json', bytes)
 METRICS = web.AppKey('metrics', Metrics)
 HUB = web.AppKey('hub', Hub)
+STREAMED_BODIES = web.AppKey('streamed_bodies', frozenset[str])
+"""The paths whose bodies are read as they arrive, without `MEMSVC_MAX_BODY_BYTES` (`declare.LinesBody`)."""
 
 TENANT = web.RequestKey('tenant', str)

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from pydantic import TypeAdapter
 
 from memsvc.errors import InvalidHeader, InvalidInput, InvalidParameter, MalformedJson, UnsupportedMediaType
+from memsvc.lines import LineReader
 from memsvc.models import ErrorBody
 
 if TYPE_CHECKING:
@@ -279,6 +280,7 @@ class JsonBody(Generic[T]):
     """A JSON request body validated into `type` (a pydantic model, TypedDict or annotated type)."""
 
     __slots__ = ('adapter', 'required', 'type')
+    media_type = 'application/json'
 
     def __init__(self, type: Any, *, required: bool = True) -> None:
         self.type, self.required = type, required
@@ -307,6 +309,29 @@ class JsonBody(Generic[T]):
             problem = InvalidInput('', '; '.join(f'{_field(err["loc"])}: {err["msg"]}' for err in errors[:3]))
             problem.field = _field(errors[0]['loc'])  # the first field at fault, for an envelope that names one
             raise problem from None
+
+
+class LinesBody:
+    """A body of JSON lines (NDJSON), each one `type`, read line by line as it arrives, never whole: no
+    `MEMSVC_MAX_BODY_BYTES` bounds it (the edge lets its `Content-Length` pass, `edge.EdgeServer`), a per-line limit
+    does (`memsvc.lines`). Its handler checks each line itself."""
+
+    __slots__ = ('type',)
+    required = True
+    media_type = 'application/x-ndjson'
+    accepted = ('application/x-ndjson', 'application/jsonl', 'application/json')
+
+    def __init__(self, type: Any) -> None:
+        self.type = type
+
+    def reader(self, request: web.Request, limit: int) -> LineReader:
+        """The lines of `request`, each at most `limit` bytes; 415 for a body not sent as NDJSON."""
+        if request.content_type not in self.accepted:
+            raise UnsupportedMediaType('send the body as JSON lines with "Content-Type: application/x-ndjson"')
+        return LineReader(request.content.readany, limit)
+
+
+Body = JsonBody[Any] | LinesBody
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -347,7 +372,7 @@ class Operation:
     replies: Mapping[int, Reply]
     errors: tuple[int, ...] = ()
     params: tuple[Param, ...] = ()
-    body: tuple[JsonBody[Any], ...] = ()
+    body: tuple[Body, ...] = ()
     description: str | None = None
     store: bool = True
     open: bool = False

@@ -19,6 +19,9 @@ handler class, so `memsvc serve` runs its own `EdgeRunner` (an `AppRunner` whose
 - **A bound on open connections per process** (`MEMSVC_MAX_CONNECTIONS`): a connection past it is
   answered at once with a 503 `too_many_connections` (with `Retry-After`) and closed, rather than being
   refused at the socket, so that a client or load balancer learns why and retries elsewhere.
+- **Bodies read as they arrive** (the import's NDJSON, `STREAMED_BODIES`): no `Content-Length` bound, and the body
+  deadline counts only time without progress: it runs again while bytes keep arriving, or while the handler has
+  not taken those that did (reading is paused then).
 - **Checks of the head before the body is read**: a `Content-Length` above `MEMSVC_MAX_BODY_BYTES` is 413,
   any `Content-Encoding` other than `identity` 415, an `Expect` other than `100-continue` 417, an HTTP
   version other than 1.0 and 1.1 505, a target that is not a path (`OPTIONS *`, `CONNECT host:port`) 400.
@@ -48,6 +51,7 @@ from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, HttpProcessing
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from memsvc.appkeys import STREAMED_BODIES
 from memsvc.endpoint import error_response
 from memsvc.settings import Settings
 
@@ -148,6 +152,7 @@ class EdgeServer(web.Server):
         """Connections accepted and not yet lost (those refused at the cap are not counted)."""
         self.warnings = RateLimitedLog()
         self.max_body_bytes = limit = settings.max_body_bytes
+        self.streamed_bodies = app.get(STREAMED_BODIES, frozenset())
         self._refusals = {
             'too_large': Refusal(
                 413, 'body_too_large', f'the body is larger than {limit} bytes (MEMSVC_MAX_BODY_BYTES)'
@@ -185,7 +190,8 @@ class EdgeServer(web.Server):
             return self._refusals['target']
         headers = message.headers
         length = headers.get(hdrs.CONTENT_LENGTH)
-        if length is not None and int(length) > self.max_body_bytes:  # the parser checked that it is digits
+        too_long = length is not None and int(length) > self.max_body_bytes  # the parser checked: digits
+        if too_long and message.url.path not in self.streamed_bodies:
             return self._refusals['too_large']
         if hdrs.CONTENT_ENCODING in headers and headers[hdrs.CONTENT_ENCODING].strip().lower() != 'identity':
             return self._refusals['encoding']
@@ -212,13 +218,15 @@ class EdgeProtocol(RequestHandler):
     the body deadline while the body of the newest request is (`_body` is its payload), none otherwise.
     """
 
-    __slots__ = ('_body', '_counted', '_deadline', '_edge', '_partial', '_refused', '_stall', '_unsent')
+    __slots__ = ('_body', '_body_seen', '_counted', '_deadline', '_edge', '_partial', '_refused', '_stall', '_unsent')
 
     def __init__(self, manager: EdgeServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
         self._edge = manager
         self._deadline: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None
+        self._body_seen = -1
+        """For a body read as it arrives: its bytes received when its deadline was set (-1: any other body)."""
         self._partial = False
         """Whether bytes other than blank lines arrived since the last complete head."""
         self._refused = False
@@ -355,8 +363,9 @@ class EdgeProtocol(RequestHandler):
         self._body_failed(body, error)
         return True
 
-    def _expect_body(self, payload: StreamReader) -> None:
+    def _expect_body(self, payload: StreamReader, streamed: bool) -> None:
         self._body = payload
+        self._body_seen = payload.total_bytes if streamed else -1
         self._deadline = self._loop.call_later(self._edge.settings.body_timeout_seconds, self._body_late)
 
     def _check_heads(self, new: int) -> None:
@@ -374,9 +383,10 @@ class EdgeProtocol(RequestHandler):
                     messages.pop()
                 self._refused = True
                 return
-        payload = messages[-1][1]
+        last, payload = messages[-1]
         if not payload.is_eof():
-            self._expect_body(payload)
+            assert isinstance(last, RawRequestMessage)  # (the loop above returned on an _ErrInfo)
+            self._expect_body(payload, last.url.path in self._edge.streamed_bodies)
 
     def _body_failed(self, payload: StreamReader, error: _ErrInfo) -> None:
         """The body being received is malformed (a bad chunk): aiohttp queues its 400 behind the request and
@@ -413,6 +423,9 @@ class EdgeProtocol(RequestHandler):
         self._deadline = None
         payload, self._body = self._body, None
         if payload is None or payload.is_eof() or self.transport is None:
+            return
+        if self._body_seen >= 0 and (self._reading_paused or payload.total_bytes > self._body_seen):
+            self._expect_body(payload, streamed=True)  # still arriving, or waiting for the handler to take it
             return
         self._refused = True
         self._lingering_time = 0.0  # what is left of the body is not read after the answer either

@@ -48,6 +48,7 @@ from memsvc.errors import (
     ResponseTooLarge,
     RouteNotFound,
     SessionExists,
+    SessionExpired,
     SessionNotFound,
     SummaryNotFound,
     ThroughIdNotStored,
@@ -55,6 +56,7 @@ from memsvc.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from memsvc.lines import LineRefused, LineTooLong
 from memsvc.logs import CURRENT_REQUEST_ID
 from memsvc.metrics import Metrics
 
@@ -68,6 +70,7 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     InvalidHeader: 400,
     InvalidSessionId: 400,
     MalformedJson: 400,
+    LineRefused: 400,
     IncompleteRequest: 400,
     ResponseTooLarge: 400,
     Unauthorized: 401,
@@ -81,9 +84,11 @@ STATUS_FOR: dict[type[MemsvcError], int] = {
     LimitReached: 409,
     PreconditionFailed: 412,
     BodyTooLarge: 413,
+    LineTooLong: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     IdempotencyKeyReused: 422,
+    SessionExpired: 422,
     ThroughIdNotStored: 422,
     ContextBudgetTooSmall: 422,
     InternalError: 500,

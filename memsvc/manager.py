@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -21,7 +21,11 @@ from memsvc import window
 from memsvc.context import message_id, record
 from memsvc.errors import InvalidCursor, InvalidInput, MessageNotFound, SessionExists, SessionNotFound
 from memsvc.events import Change, Hub
+from memsvc.export import Exporter
+from memsvc.importer import Importer
+from memsvc.lines import LineReader
 from memsvc.models import (
+    ImportResult,
     NewFork,
     NewMessage,
     NewSession,
@@ -93,6 +97,7 @@ class AsyncMemoryManager:
         self._max_keys = settings.max_metadata_keys
         self._max_meta_bytes = settings.max_metadata_bytes
         self.max_batch = settings.max_batch
+        self._max_messages = settings.max_messages_per_session
         self._idempotency_ttl = settings.idempotency_ttl_seconds
 
     async def ping(self) -> None:
@@ -401,6 +406,25 @@ class AsyncMemoryManager:
         return await window.context(
             self.store, self.counters, tenant, session_id, max_tokens=max_tokens, format=format, encoding=encoding
         )
+
+    def export(self, tenant: str) -> AsyncGenerator[bytes]:
+        """The tenant's sessions as NDJSON, one line each (`memsvc.export`), in pieces of whole lines."""
+        return Exporter(self.store, tenant).lines()
+
+    async def import_lines(self, tenant: str, lines: LineReader, *, replace: bool) -> ImportResult:
+        """Import every line of `lines` (`memsvc.importer`); with `replace`, a session that exists and differs is
+        replaced, else left as it is."""
+        importer = Importer(
+            self.store,
+            tenant,
+            self.counter,
+            self._check_metadata,
+            max_content=self._max_content,
+            max_messages=self._max_messages,
+            replace=replace,
+            replaced=lambda session_id: self._changed(tenant, session_id, Change('deleted')),
+        )
+        return await importer.run(lines)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None = None, role: str | None = None

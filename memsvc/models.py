@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NotRequired, cast, get_args
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, with_config
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python 3.11
 
 from memsvc.errors import InvalidInput, InvalidSessionId
@@ -243,6 +243,65 @@ class ErrorBody(TypedDict):
     """Every error answer of `/api/v1/` and the operations routes."""
 
     error: ErrorDetail
+
+
+# --- export and import: one session a line (README, "Export and import") --------------------------
+
+MAX_MESSAGE_ID = 2**53 - 1
+"""The largest message id (what JSON clients read exactly)."""
+
+
+@with_config(ConfigDict(extra='forbid', title='LineMessage'))
+class LineMessage(TypedDict):
+    """A stored message in a line: checked as an append checks it, with its id and timestamp as stored."""
+
+    id: Annotated[int, Field(ge=1, le=MAX_MESSAGE_ID)]
+    role: Role
+    content: Annotated[str, settings_bound(maxLength='max_content_chars')]
+    name: NotRequired[ShortText | None]
+    tool_call_id: NotRequired[ShortText | None]
+    tool_calls: NotRequired[list[JsonObject] | None]
+    metadata: NotRequired[Metadata | None]
+    timestamp: AwareDatetime
+
+
+@with_config(ConfigDict(extra='forbid', title='LineSummary'))
+class LineSummary(TypedDict):
+    content: Annotated[str, settings_bound(maxLength='max_content_chars')]
+    through_id: Annotated[int, Field(ge=1, le=MAX_MESSAGE_ID, description='a message of the line')]
+    updated_at: AwareDatetime
+
+
+@with_config(ConfigDict(extra='forbid', title='SessionLine'))
+class SessionLine(TypedDict):
+    """One line of an export, and of an import: one session as it was at one moment, its messages last."""
+
+    id: SessionId
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    metadata: Metadata
+    summary: NotRequired[LineSummary | None]
+    forked_from: NotRequired[ForkedFrom | None]
+    next_id: Annotated[
+        int, Field(ge=1, le=MAX_MESSAGE_ID + 1, description='the id the next appended message gets; above every id')
+    ]
+    messages: list[LineMessage]
+
+
+@with_config(ConfigDict(extra='forbid', title='LineError'))
+class LineError(TypedDict):
+    line: Annotated[int, Field(ge=1, description='1 for the first line')]
+    code: str
+    message: str
+
+
+@with_config(ConfigDict(extra='forbid', title='ImportResult'))
+class ImportResult(TypedDict):
+    imported: Annotated[int, Field(ge=0, description='sessions written')]
+    skipped: Annotated[int, Field(ge=0, description='sessions that exist already, identical')]
+    conflicts: Annotated[int, Field(ge=0, description='sessions that exist already, different, left as they are')]
+    failed: Annotated[int, Field(ge=0, description='lines refused (nothing of them written)')]
+    errors: Annotated[list[LineError], Field(description='why, for the first 1,000 lines refused')]
 
 
 # --- stored records -----------------------------------------------------------------------------

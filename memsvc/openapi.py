@@ -28,7 +28,7 @@ _ERRORS = {
     409: 'a session with this id exists, or a limit is reached (sessions per tenant, messages per session)',
     412: 'If-Match names another version than the current one (or the session does not exist)',
     413: 'the body is larger than MEMSVC_MAX_BODY_BYTES',
-    415: 'the body is not sent as application/json',
+    415: 'the body is not sent as application/json (the import: as application/x-ndjson)',
     422: 'the body fails validation (the message names the field), an Idempotency-Key is reused for another request, '
     'a summary names a message that is not stored, or the context budget is too small for the pinned messages',
     500: 'an unexpected error; the message carries the request id',
@@ -70,11 +70,14 @@ def _operation(operation: Operation, error: Schema, schemas: '_Schemas', setting
     if parameters:
         out['parameters'] = parameters
     if operation.body:
-        bodies = [schemas.of(body.type, 'validation') for body in operation.body]
-        schema = bodies[0] if len(bodies) == 1 else {'oneOf': bodies}
+        content: Schema = {}
+        for body in operation.body:
+            content.setdefault(body.media_type, []).append(schemas.of(body.type, 'validation'))
         out['requestBody'] = {
             'required': all(body.required for body in operation.body),
-            'content': {'application/json': {'schema': schema}},
+            'content': {
+                media: {'schema': found[0] if len(found) == 1 else {'oneOf': found}} for media, found in content.items()
+            },
         }
     responses = {str(status): _reply(reply, schemas) for status, reply in operation.replies.items()}
     for status in (*operation.errors, *((500, 503) if operation.store else ())):

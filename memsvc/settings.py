@@ -12,6 +12,8 @@ MemoryType = Literal['in_memory', 'redis', 'chroma']
 MIN_RESPONSE_BYTES = 1024 * 1024
 """The smallest `MEMSVC_MAX_RESPONSE_BYTES`: answers up to this size need no check against it."""
 LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']
+UNBOUNDED_LINE_BYTES = 16 * 1024**3
+"""The per-line limit of an import when no limit bounds a session (`Settings.import_line_bytes`)."""
 
 
 def _env(name: str) -> Any:
@@ -61,6 +63,9 @@ class Settings(BaseSettings):
     max_metadata_keys: int = Field(64, ge=1, le=1024)
     max_metadata_bytes: int = Field(16 * 1024, ge=2, le=1024 * 1024)
     max_batch: int = Field(100, ge=1, le=10_000)
+    max_import_line_bytes: int | None = Field(
+        None, ge=1024, description='longest line of an import; unset: the most a session can take (import_line_bytes)'
+    )
     idempotency_ttl_seconds: int = Field(86_400, ge=1, description='how long an Idempotency-Key is remembered')
 
     log_level: LogLevel = 'INFO'
@@ -107,6 +112,21 @@ class Settings(BaseSettings):
         if self.store_timeout_seconds is not None:
             return self.store_timeout_seconds
         return 60.0 if self.memory_type == 'chroma' else 10.0
+
+    def import_line_bytes(self) -> int:
+        """The per-line limit of an import (`MEMSVC_MAX_IMPORT_LINE_BYTES`, or else the most bytes one session can
+        take as a line under the other limits). A stored message is at most 4 x `MEMSVC_MAX_BODY_BYTES` + 64: the body
+        it came in, its id and timestamp added, and numbers written out in full (`1e15` is stored as
+        `1000000000000000.0`). A line's fields but its messages are at most 4,096 bytes, the metadata and the summary
+        (6 bytes a character as JSON, at most). With `MEMSVC_MAX_MESSAGES_PER_SESSION` unset no limit bounds a
+        session: then `UNBOUNDED_LINE_BYTES`. The import holds about 128 KiB of a long line at a time, whatever the
+        limit (`memsvc.lines`)."""
+        if self.max_import_line_bytes is not None:
+            return self.max_import_line_bytes
+        if not self.max_messages_per_session:
+            return UNBOUNDED_LINE_BYTES
+        head = 4096 + self.max_metadata_bytes + 6 * self.max_content_chars
+        return head + self.max_messages_per_session * (4 * self.max_body_bytes + 64 + 1)
 
     def tenant_keys(self) -> dict[str, str] | None:
         """{tenant: key}, or None without authentication. `MEMSVC_API_KEY` is one key of the default tenant."""

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, with_config
 from pytest_aiohttp import AiohttpClient
 from typing_extensions import TypedDict
 
-from memsvc.declare import JsonBody, Operation, QueryFamily, Reply, RouteTable, int_query
+from memsvc.declare import JsonBody, LinesBody, Operation, QueryFamily, Reply, RouteTable, int_query
 from memsvc.endpoint import endpoints, status_for
 from memsvc.errors import InvalidParameter, MemsvcError
 from memsvc.metrics import Metrics
@@ -33,7 +33,7 @@ def _read_by(function: types.FunctionType, module: types.ModuleType) -> Iterator
         value = getattr(module, instruction.argval, None)
         if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
             yield from _read_by(value, module)
-        elif hasattr(value, 'document') or isinstance(value, JsonBody):
+        elif hasattr(value, 'document') or isinstance(value, JsonBody | LinesBody):
             yield value
 
 

@@ -5,8 +5,19 @@ handler reads through and `openapi.py` documents (see `declare.py`). One module 
 all on one route table; the import order below is the order the routes are matched and documented in.
 """
 
-from memsvc.routes import sessions, messages, stream, context, search, ops  # isort: skip (the matching order)
+from memsvc.routes import sessions, messages, stream, context, search, transfer, ops  # isort: skip (the matching order)
 from memsvc.routes.common import IDEMPOTENCY_KEY, routes
 from memsvc.routes.sessions import LIST_LIMIT
 
-__all__ = ['IDEMPOTENCY_KEY', 'LIST_LIMIT', 'context', 'messages', 'ops', 'routes', 'search', 'sessions', 'stream']
+__all__ = [
+    'IDEMPOTENCY_KEY',
+    'LIST_LIMIT',
+    'context',
+    'messages',
+    'ops',
+    'routes',
+    'search',
+    'sessions',
+    'stream',
+    'transfer',
+]

@@ -34,13 +34,20 @@ read, listing or search finds until one last atomic step publishes it whole (REA
 `forked_from` (`models.fork_origin`) is kept by every read of its record. The source's summary goes with it when
 the summary's `through_id` is at most the fork's. Nothing of the source changes.
 
+Export and import (README, "Export and import") read and write whole sessions. `export_ids` lists a tenant's
+sessions from a snapshot taken when it starts, and `read_export` reads a session's record with its messages from one
+id on, in one atomic step (but on Chroma); the exporter (`memsvc.export`) makes each line one session at one moment
+from such reads. `importing` writes a session as import takes it into a copy that no read, listing or search finds,
+in bounded steps, and publishes it in one last atomic step, as a fork does (on Chroma: see `chroma/transfer.py`).
+
 Absence is reported as `None`/`False`, never raised (but a session without a summary: `SummaryNotFound`); a
 backend that cannot answer raises `BackendUnavailable` (translated inside the store, so nothing above it sees a
 client library's exceptions). Every method takes the tenant, and every store keys its data by (tenant, session id).
 """
 
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol, overload
@@ -50,6 +57,7 @@ import orjson
 from memsvc.context import INSTRUCTION, PLAIN, RESULT, kind_of
 from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
+from memsvc.stores.gaps import Gaps
 
 if TYPE_CHECKING:
     from memsvc.settings import Settings
@@ -261,6 +269,44 @@ class WindowRead(NamedTuple):
     """The summary as `set_summary` stored it; None: none is set."""
 
 
+@dataclass(slots=True, frozen=True)
+class SessionImage:
+    """A session as a line of an export holds it, but its messages: the record (its version is ignored by an
+    import, which starts the version again, or moves it on when it replaces a session), the next message id, and
+    the summary as `set_summary` stored it (empty: none)."""
+
+    record: SessionRecord
+    next_id: int
+    summary: bytes = b''
+
+
+class ExportRead(NamedTuple):
+    """What `read_export` reads in one step."""
+
+    image: SessionImage
+    first_id: int
+    """The id of the oldest stored message (`next_id` when there is none)."""
+    gaps: Gaps
+    held: int
+    """How many messages the session stores."""
+    messages: Sequence[bytes]
+    """Its stored messages with ids above the one asked for, oldest first: at most `limit`, and no more than fit in
+    `budget` bytes with a comma after each (at least one, when there is one and `limit` is not 0)."""
+
+
+class ImportWriter(Protocol):
+    """A session being imported (`Store.importing`): nothing of it is visible until `publish`."""
+
+    async def write(self, messages: list[bytes], records: list[int]) -> None:
+        """Add stored messages (with their ids, ascending, above those written before) and their records."""
+
+    async def publish(self, gaps: Gaps) -> None:
+        """Make what was written the session, in one atomic step: with the image's created_at, updated_at, metadata,
+        forked_from, next id and summary, version 0 (or the replaced session's + 1). `gaps` are the ids between the
+        first message written and the next id that are not stored. Raises `SessionExists` when the id is taken
+        (unless replacing: then that session is replaced whole) and `SessionLimitReached`."""
+
+
 class Store(Protocol):
     """Writes that take `expected_version` raise `PreconditionFailed` when the session's version is another
     one (or, for an append, when the session does not exist), and change nothing."""
@@ -382,3 +428,18 @@ class Store(Protocol):
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
     ) -> list[SearchHit]:
         """Semantic search, best first; stores without it raise `NotSupported`."""
+
+    def export_ids(self, tenant: str) -> AsyncGenerator[list[str]]:
+        """The tenant's session ids in pages, newest `updated_at` first (ties: descending id), as they were when the
+        iteration began: a session written meanwhile keeps its place, one created meanwhile is not listed, one
+        deleted meanwhile may be (its `read_export` answers None)."""
+
+    async def read_export(self, tenant: str, session_id: str, after: int, limit: int, budget: int) -> ExportRead | None:
+        """The session's record and its messages with ids above `after` (None: no such session), in one step."""
+
+    def importing(
+        self, tenant: str, image: SessionImage, *, replace: bool
+    ) -> AbstractAsyncContextManager[ImportWriter]:
+        """A writer of the session `image` describes (`replace`: in place of one with its id); leaving the context
+        without `publish` drops what it wrote. On a store with an idle TTL, the session expires when it would have
+        had it lived there (its `updated_at` + the TTL), and one idle for longer is refused (`SessionExpired`)."""

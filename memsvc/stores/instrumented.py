@@ -7,8 +7,9 @@ answers 503; the operation may still complete (a Chroma thread cannot be stopped
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
@@ -18,15 +19,19 @@ from memsvc.models import SearchHit, SessionRecord, StoredSession
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    ExportRead,
     Fork,
     Idempotency,
+    ImportWriter,
     ListCursor,
     MessageRange,
+    SessionImage,
     Store,
     Summarized,
     Truncated,
     WindowRead,
 )
+from memsvc.stores.gaps import Gaps
 
 T = TypeVar('T')
 
@@ -231,3 +236,34 @@ class InstrumentedStore:
     ) -> list[SearchHit]:
         call = self.inner.search(tenant, query, limit=limit, session_id=session_id, role=role)
         return await self._call('search', call)
+
+    async def export_ids(self, tenant: str) -> AsyncGenerator[list[str]]:
+        """Each page measured, none within the deadline: the first takes the snapshot, a call per few hundred
+        sessions, each bounded on its own (as a fork's steps are)."""
+        async with contextlib.aclosing(self.inner.export_ids(tenant)) as pages:
+            while True:
+                try:
+                    page = await self._call('export_ids', anext(pages), timed=False)
+                except StopAsyncIteration:
+                    return
+                yield page
+
+    async def read_export(self, tenant: str, session_id: str, after: int, limit: int, budget: int) -> ExportRead | None:
+        return await self._call('read_export', self.inner.read_export(tenant, session_id, after, limit, budget))
+
+    @contextlib.asynccontextmanager
+    async def importing(self, tenant: str, image: SessionImage, *, replace: bool) -> AsyncIterator[ImportWriter]:
+        """Each step within the deadline (an import takes as long as its line)."""
+        async with self.inner.importing(tenant, image, replace=replace) as writer:
+            yield _TimedWriter(self, writer)
+
+
+class _TimedWriter:
+    def __init__(self, store: InstrumentedStore, writer: ImportWriter) -> None:
+        self._store, self._writer = store, writer
+
+    async def write(self, messages: list[bytes], records: list[int]) -> None:
+        await self._store._call('import_write', self._writer.write(messages, records))
+
+    async def publish(self, gaps: Gaps) -> None:
+        await self._store._call('import_publish', self._writer.publish(gaps))

@@ -24,7 +24,8 @@ a pause that shows in the tail latency of every request).
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -49,12 +50,15 @@ from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    ExportRead,
     Fork,
     ForkHook,
     Idempotency,
+    ImportWriter,
     Limits,
     ListCursor,
     MessageRange,
+    SessionImage,
     Summarized,
     Truncated,
     WindowRead,
@@ -63,6 +67,7 @@ from memsvc.stores.base import (
     summary_through,
 )
 from memsvc.stores.memory_log import LogCopy, MessageLog
+from memsvc.stores.memory_transfer import MemoryTransfers
 
 FORK_CHUNK_BYTES = 1024 * 1024
 """The most bytes of messages one step of a fork copies (at least one message)."""
@@ -204,6 +209,7 @@ class MemoryStore:
         self._limits = limits or Limits()
         self._max_messages = self._limits.max_messages
         self.forks = ForkHook()
+        self._transfers = MemoryTransfers(self)
 
     def _tenant(self, tenant: str) -> _Tenant:
         part = self._tenants.get(tenant)
@@ -533,6 +539,17 @@ class MemoryStore:
         written = Summarized(b'', session.version)
         part.record(session_id, idempotency, written)
         return written
+
+    def export_ids(self, tenant: str) -> AsyncGenerator[list[str]]:
+        return self._transfers.export_ids(tenant)
+
+    async def read_export(self, tenant: str, session_id: str, after: int, limit: int, budget: int) -> ExportRead | None:
+        return await self._transfers.read_export(tenant, session_id, after, limit, budget)
+
+    def importing(
+        self, tenant: str, image: SessionImage, *, replace: bool
+    ) -> AbstractAsyncContextManager[ImportWriter]:
+        return self._transfers.importing(tenant, image, replace=replace)
 
     def _check_room(self, part: _Tenant) -> None:
         if self._limits.max_sessions and len(part.sessions) >= self._limits.max_sessions:

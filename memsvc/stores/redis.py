@@ -12,7 +12,9 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
 
 `meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15), and
 `forked_from` (JSON) on a fork. While a fork is copied, two hidden lists under the new session's hash tag,
-`:fork:<nonce>:msgs` and `:fork:<nonce>:counts`, hold the copy (`redis_fork`).
+`:fork:<nonce>:msgs` and `:fork:<nonce>:counts`, hold the copy (`redis_fork`); while a session is imported, two more,
+`:import:<nonce>:msgs` and `:import:<nonce>:counts`; and while an export runs, a snapshot of the tenant's index,
+`{p}:<tenant>:export:<nonce>` (`redis_transfer`).
 
 The list holds the ids `first .. next_id - 1` minus the session's gaps (`stores.gaps`: ids deleted one by one or
 cut by a truncation), and only real messages, so the first id is derived, never stored (`next_id - LLEN - the ids
@@ -63,7 +65,8 @@ a page of the listing 2 (index, then the sessions' reads; +1 when it removes dea
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -84,9 +87,12 @@ from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import (
     ANY_VERSION,
     Appended,
+    ExportRead,
     Fork,
     Idempotency,
+    ImportWriter,
     Limits,
+    SessionImage,
     Summarized,
     Truncated,
 )
@@ -95,6 +101,7 @@ from memsvc.stores.redis_fork import RedisForks
 from memsvc.stores.redis_lua import Arg
 from memsvc.stores.redis_reads import RedisKeys, RedisReads, as_bytes, session_record
 from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
+from memsvc.stores.redis_transfer import RedisTransfers
 from memsvc.stores.redis_transport import transport_for
 
 _CAS_ATTEMPTS = 100
@@ -141,6 +148,7 @@ class RedisStore(RedisReads):
         self._tenant_keys: dict[str, RedisKeys] = {}
         self._reject_full = '1' if self._limits.reject_full else '0'
         self.forks = RedisForks(self)
+        self._transfers = RedisTransfers(self)
 
     async def open(self, url: str) -> None:
         """Check at start that Redis answers; the error names the URL (password masked)."""
@@ -402,6 +410,17 @@ class RedisStore(RedisReads):
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None
     ) -> list[SearchHit]:
         raise NotSupported('semantic search needs the Chroma backend (MEMORY_TYPE=chroma); this server runs redis')
+
+    def export_ids(self, tenant: str) -> AsyncGenerator[list[str]]:
+        return self._transfers.export_ids(tenant)
+
+    async def read_export(self, tenant: str, session_id: str, after: int, limit: int, budget: int) -> ExportRead | None:
+        return await self._transfers.read_export(tenant, session_id, after, limit, budget)
+
+    def importing(
+        self, tenant: str, image: SessionImage, *, replace: bool
+    ) -> AbstractAsyncContextManager[ImportWriter]:
+        return self._transfers.importing(tenant, image, replace=replace)
 
     # Cluster only: the tenant's index, in another slot than the session (see the module docstring).
 

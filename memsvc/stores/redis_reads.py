@@ -56,6 +56,15 @@ class RedisKeys:
         stem = f'{self.prefix}:{{{self.tenant}/{session_id}}}:fork:{nonce}'
         return f'{stem}:msgs', f'{stem}:counts'
 
+    def import_copy(self, session_id: str, nonce: str) -> tuple[str, str]:
+        """The hidden lists (messages, records) an import of `session_id` writes into (`redis_transfer`)."""
+        stem = f'{self.prefix}:{{{self.tenant}/{session_id}}}:import:{nonce}'
+        return f'{stem}:msgs', f'{stem}:counts'
+
+    def export_snapshot(self, nonce: str) -> str:
+        """The copy of the tenant's index an export walks (`redis_transfer`)."""
+        return f'{self.prefix}:{self.tenant}:export:{nonce}'
+
 
 _META_FIELDS = ('created_at', 'updated_at', 'metadata', 'version', 'forked_from')
 

@@ -24,7 +24,7 @@ with more than 5,461 keys or list elements cannot happen whatever a client sends
 
 import hashlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -226,12 +226,12 @@ class MessageRecords:
 
 
 def message_records(
-    tenant: str, session_id: str, first_seq: int, stored: list[bytes], attempt: str, counts: Sequence[int]
+    tenant: str, session_id: str, seqs: Iterable[int], stored: list[bytes], attempt: str, counts: Sequence[int]
 ) -> MessageRecords:
-    """The records of `stored` (messages with their ids, `models.with_id`), the first of them with id `first_seq`;
-    `attempt` marks them as written by one append (see `store.ChromaStore`); `counts` are their records."""
+    """The records of `stored` (messages with their ids, `models.with_id`), which are `seqs`; `attempt` marks them as
+    written by one write (see `store.ChromaStore`); `counts` are their records."""
     records = MessageRecords([], [], [])
-    for seq, message, count in zip(range(first_seq, first_seq + len(stored)), stored, counts, strict=True):
+    for seq, message, count in zip(seqs, stored, counts, strict=True):
         role, content, rest, timestamp = _split_message(message)
         records.ids.append(message_record_id(tenant, session_id, seq))
         records.documents.append(content)

@@ -34,8 +34,9 @@ transport. A write, once started, runs to its end even if its request is cancell
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -58,11 +59,14 @@ from memsvc.stores import gaps as ids
 from memsvc.stores.base import (
     Appended,
     CountedPage,
+    ExportRead,
     Fork,
     Idempotency,
+    ImportWriter,
     Limits,
     ListCursor,
     MessageRange,
+    SessionImage,
     Summarized,
     Truncated,
     WindowRead,
@@ -88,6 +92,7 @@ from memsvc.stores.chroma.codec import (
 from memsvc.stores.chroma.fork import ChromaForks
 from memsvc.stores.chroma.operations import IDS_PER_CALL, Chroma, chunks
 from memsvc.stores.chroma.search import Search
+from memsvc.stores.chroma.transfer import ChromaTransfers
 from memsvc.stores.chroma.transport import Transport
 from memsvc.stores.chroma.writes import Writes
 
@@ -115,6 +120,7 @@ class ChromaStore:
         self._limits = Limits.from_settings(settings)
         self._writes = Writes()
         self.forks = ChromaForks(self)
+        self._transfers = ChromaTransfers(self)
 
     async def open(self) -> None:
         """Create (or find) the collections; raises `BackendUnavailable` naming the Chroma when it does not answer."""
@@ -380,7 +386,9 @@ class ChromaStore:
             raise SessionFull(session_id, limits.max_messages)
         first_new, attempt = row.next_id, uuid.uuid4().hex
         stored = [with_id(seq, body) for seq, body in enumerate(bodies, first_new)]
-        records = message_records(tenant, session_id, first_new, stored, attempt, counts)
+        records = message_records(
+            tenant, session_id, range(first_new, first_new + len(stored)), stored, attempt, counts
+        )
         for start in range(0, len(stored), IDS_PER_CALL):
             end = start + IDS_PER_CALL
             await self._chroma(
@@ -575,6 +583,18 @@ class ChromaStore:
         if not row.summary:
             raise SummaryNotFound(session_id)
         return row.summary.encode()
+
+    def export_ids(self, tenant: str) -> AsyncGenerator[list[str]]:
+        """See `transfer.py`."""
+        return self._transfers.export_ids(tenant)
+
+    async def read_export(self, tenant: str, session_id: str, after: int, limit: int, budget: int) -> ExportRead | None:
+        return await self._transfers.read_export(tenant, session_id, after, limit, budget)
+
+    def importing(
+        self, tenant: str, image: SessionImage, *, replace: bool
+    ) -> AbstractAsyncContextManager[ImportWriter]:
+        return self._transfers.importing(tenant, image, replace=replace)
 
     async def search(
         self, tenant: str, query: str, *, limit: int, session_id: str | None, role: str | None

@@ -6,8 +6,9 @@ deadline), so that the next write of the session never starts while a call of th
 """
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 P = ParamSpec('P')
@@ -30,23 +31,29 @@ class Writes:
     ) -> T:
         """`write(tenant, session_id, ...)` holding the session's lock, to completion even if the caller is
         cancelled."""
-        key = (tenant, session_id)
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
         work = functools.partial(write, tenant, session_id, *args, **kwargs)
 
         async def locked() -> T:
-            try:
-                async with lock:
-                    return await work()
-            finally:
-                held, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (held, users - 1)
+            async with self.held(tenant, session_id):
+                return await work()
 
         return await self.shielded(locked())
+
+    @contextlib.asynccontextmanager
+    async def held(self, tenant: str, session_id: str) -> AsyncIterator[None]:
+        """The session's lock, held for the body (an import holds it across many steps)."""
+        key = (tenant, session_id)
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            held, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (held, users - 1)
 
     async def shielded(self, work: Coroutine[Any, Any, T]) -> T:
         """Await `work` as a task that a cancellation of the caller does not stop."""
