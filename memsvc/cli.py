@@ -1,7 +1,8 @@
-"""The command line: `memsvc serve [--host] [--port] [--workers] [--memory-type]`.
+"""The command line: `memsvc serve [--host] [--port] [--workers] [--memory-type]`, and `memsvc export` / `memsvc
+import` (`memsvc.transfer_cli`), clients of a running memsvc.
 
-Settings are read once here and passed down. `--workers N` (N > 1) starts N processes that share
-one listening port through SO_REUSEPORT; the parent forwards SIGTERM/SIGINT to them and exits 0
+Settings are read once here and passed down (to `serve`; the clients read none). `--workers N` (N > 1) starts N
+processes that share one listening port through SO_REUSEPORT; the parent forwards SIGTERM/SIGINT to them and exits 0
 only when every worker drained and exited 0.
 """
 
@@ -41,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument('--workers', type=int, help='processes sharing the port (MEMSVC_WORKERS, default 1)')
     serve.add_argument('--memory-type', choices=['in_memory', 'redis', 'chroma'], help='store (MEMORY_TYPE)')
     serve.add_argument('--access-log', action='store_true', default=None, help='log every request (MEMSVC_ACCESS_LOG)')
+    export = commands.add_parser('export', help="write a memsvc's sessions (its API key's tenant) as NDJSON")
+    export.add_argument('--url', required=True, help='the memsvc to read, e.g. http://127.0.0.1:8080')
+    export.add_argument('--api-key', help="the tenant's API key, when the server has keys")
+    export.add_argument('-o', '--output', help='the file to write (written whole, then renamed); default: stdout')
+    imported = commands.add_parser('import', help='write sessions from NDJSON (what export writes) into a memsvc')
+    imported.add_argument('--url', required=True, help='the memsvc to write, e.g. http://127.0.0.1:8081')
+    imported.add_argument('--api-key', help="the tenant's API key, when the server has keys")
+    imported.add_argument(
+        '--on-conflict',
+        choices=['keep', 'replace'],
+        default='keep',
+        help='a session that exists and differs: keep it (default) or replace it',
+    )
+    imported.add_argument('file', help='the NDJSON file to read; - for stdin')
     return parser
 
 
@@ -148,6 +163,10 @@ def _run_workers(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ('export', 'import'):
+        from memsvc import transfer_cli
+
+        return transfer_cli.run(args)
     overrides: dict[str, Any] = {
         name: value
         for name, value in {
