@@ -12,6 +12,7 @@ from bench.client import client_targets
 from bench.live import live_targets
 from bench.measure import CONNECTIONS, GROWTH_LEVELS, Scenario
 from bench.servers import Server
+from bench.transfer import transfer_targets
 
 COLUMNS = (
     f'  {"scenario":<28} {"server":<17} {"req/s":>7} {"p50 ms":>7} {"p99 ms":>7}'
@@ -78,6 +79,7 @@ def targets_met(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({'target': target, 'value': row['bytes_per_message'], 'met': row['met']})
     checks += live_targets(results.get('live', {}))
     checks += client_targets(results.get('client', {}))
+    checks += transfer_targets(results.get('transfer', {}))
     return checks
 
 

@@ -15,7 +15,8 @@ median req/s, p50 and p99. Results go to `bench/results/` as JSON and as a PNG c
 Sections: the scenarios of a chat turn, growth (append and get-last-20 on sessions that already hold
 10 / 1,000 / 100,000 messages), memory per stored message at 1M messages, `--workers 2` against
 one worker on redis, live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
-messages: `bench/live.py`) and client (`memsvc.client` as the load generator against wrk: `bench/client.py`).
+messages: `bench/live.py`), client (`memsvc.client` as the load generator against wrk: `bench/client.py`) and
+transfer (export and import of 1M messages: `bench/transfer.py`).
 """
 
 import argparse
@@ -52,6 +53,7 @@ from bench.measure import (
 )
 from bench.report import chart, cpu_ticks, machine, print_header, print_memory, print_rows, steal_percent, targets_met
 from bench.servers import BENCH, LOAD_CPU, ROOT, SERVER_CPU, Server, running, start_ceiling, start_memsvc, start_redis
+from bench.transfer import section_transfer
 from tests.servers import RedisServer
 
 RESULTS = BENCH / 'results'
@@ -187,7 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'client', 'chroma')
+SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'client', 'transfer', 'chroma')
 
 
 def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -292,6 +294,9 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 results['live'] = section_live(workdir, redis_server, args.seconds, args.warmup)
             if 'client' in sections:
                 results['client'] = section_client(workdir, args.seconds, args.warmup, args.rounds)
+            if 'transfer' in sections:
+                _flush(redis_server)
+                results['transfer'] = section_transfer(workdir, redis_server)
         finally:
             redis_server.stop(kill=True)
         if 'chroma' in sections:
@@ -334,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         taken = ', '.join(f'cpu {cpu} {share:.0f} %' for cpu, share in results['machine']['steal_percent'].items())
         print(f'\nsteal time (the hypervisor ran other guests on our cores) during this run: {taken}')
     results['targets'] = targets_met(results)
-    print('\ntargets (issues 5, 14, 15, 17, 18)')
+    print('\ntargets (issues 5, 14, 15, 16, 17, 18)')
     for check in results['targets']:
         print(f'  {"met    " if check["met"] else "NOT met"}  {check["target"]}: {check["value"]:.2f}')
     args.out.write_text(json.dumps(results, indent=2) + '\n')
