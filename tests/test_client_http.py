@@ -62,12 +62,12 @@ async def test_answers_by_length_chunks_and_end_of_connection(server: tuple[str,
         replies.append(_answer(b'2\r\n[2\r\n1;x=y\r\n]\r\n0\r\n\r\n', b'Transfer-Encoding: chunked'))
         replies.append(_answer(b'[3]', b'Connection: close'))
         replies.append(_answer(b'[4]', b'Content-Length: 3'))
-        bodies = [(await pool.request('GET', '/x', None, None)).body for _ in range(4)]
+        bodies = [(await pool.request('GET', '/x', None, None, 10)).body for _ in range(4)]
         assert bodies == [b'[1]', b'[2]', b'[3]', b'[4]']
         assert len(connections) == 2, 'kept alive, except after the answer that closed'
         replies.append(lambda head: b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[5' + CLOSE)
         with pytest.raises(ConnectionBroke):
-            await pool.request('GET', '/x', None, None)
+            await pool.request('GET', '/x', None, None, 10)
     finally:
         pool.close()
 
@@ -93,3 +93,13 @@ async def test_a_broken_answer_is_retried_only_when_safe(server: tuple[str, list
         with pytest.raises(TransportError):
             await client.clear_messages('s')  # a write without a key: it may have been applied
         assert replies == [ok], 'sent once'
+
+
+async def test_an_answer_that_does_not_come_is_a_timeout(server: tuple[str, list[Reply], list[int]]) -> None:
+    url, replies, connections = server
+    async with AsyncMemsvcClient(url, timeout=0.2, retries=1) as client:
+        replies.extend([lambda head: b'', _answer(b'[]', b'Content-Length: 2')])  # nothing, on an open connection
+        with pytest.raises(TransportError, match='no answer in time'):
+            await client.get_messages('s')
+        assert await client.get_messages('s') == []
+    assert len(connections) == 2, 'the connection that timed out was not used again'

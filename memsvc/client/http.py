@@ -134,6 +134,11 @@ def _dechunk(buffer: bytearray, at: int) -> bytes | None:
         at += size + 2
 
 
+def _expire(answer: 'asyncio.Future[Answered]') -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
 class HttpPool:
     """Up to `limit` keep-alive connections to the origin of `base_url`."""
 
@@ -148,13 +153,24 @@ class HttpPool:
         self._slots = asyncio.Semaphore(limit)
 
     async def request(
-        self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes | None
+        self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes | None, seconds: float
     ) -> Answered:
-        """One request on a pooled connection (`target`: the path and query, encoded). Raises `ConnectFailed` when
-        no connection could be made, `ConnectionBroke` when the answer did not come whole; a cancellation (a
-        timeout) closes the connection."""
-        async with self._slots:
-            connection = await self._connection()
+        """One request on a pooled connection (`target`: the path and query, encoded), answered within `seconds`
+        (waiting for a connection included), else `TimeoutError`. Raises `ConnectFailed` when no connection
+        could be made, `ConnectionBroke` when the answer did not come whole. A connection whose answer did not come
+        (a timeout, a cancellation) is closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        if self._slots.locked():
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
+            connection = self._idle_connection()
+            if connection is None:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect()
             head = [f'{method} {target} HTTP/1.1\r\n'.encode('latin-1'), self._head]
             if headers:
                 head.append(''.join(f'{name}: {value}\r\n' for name, value in headers.items()).encode('latin-1'))
@@ -163,20 +179,29 @@ class HttpPool:
                 head.append(body)
             else:
                 head.append(b'\r\n')
+            answer = connection.send(b''.join(head))
+            expiry = loop.call_at(deadline, _expire, answer)  # cheaper than asyncio.timeout on the hot path
             try:
-                answer = await connection.send(b''.join(head))
+                reply = await answer
             except BaseException:
                 connection.close()
                 raise
+            finally:
+                expiry.cancel()
             if not connection.closed:
                 self._idle.append(connection)
-            return answer
+            return reply
+        finally:
+            self._slots.release()
 
-    async def _connection(self) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
+        return None
+
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_connection(

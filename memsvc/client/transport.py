@@ -19,10 +19,10 @@ an exponential backoff with jitter (`backoff`, doubling, up to `max_backoff`), a
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 import urllib.parse
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -74,7 +74,8 @@ class Replay(Enum):
 
 
 def new_idempotency_key() -> str:
-    return uuid.uuid4().hex
+    """128 random bits from the OS, in hex (as a uuid4's, without building one)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +183,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                async with asyncio.timeout(seconds):
-                    reply = await pool.request(method, target, headers, body)
+                reply = await pool.request(method, target, headers, body, seconds)
                 if reply.status < 400:
                     return Answer(reply.status, reply.body, reply.headers)
                 error = _error(reply.status, reply.body, reply.headers)
