@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 
@@ -275,6 +276,30 @@ async def test_events_start_with_the_next_message(served: Served, client: AsyncM
     await stream.aclose()
 
 
+async def test_export_and_import_stream_ndjson(client: AsyncMemsvcClient) -> None:
+    sid = _sid('export')
+    await client.append_many(sid, [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': 'a'}])
+    await client.set_summary(sid, 'asked', 1)
+    mine = [line async for line in client.export_lines() if orjson.loads(line)['id'] == sid]
+    assert len(mine) == 1
+    assert mine[0].endswith(b'\n')
+    (typed,) = [line async for line in client.export() if line['id'] == sid]
+    assert typed['next_id'] == 3
+    assert [m['content'] for m in typed['messages']] == ['q', 'a']
+    assert isinstance(typed['created_at'], datetime)
+
+    moved = {**orjson.loads(mine[0]), 'id': _sid('imported')}
+
+    async def source() -> AsyncIterator[bytes]:
+        yield orjson.dumps(moved)  # without its newline: the client adds it
+
+    assert (await client.import_lines(source()))['imported'] == 1
+    again = await client.import_lines([orjson.dumps(moved) + b'\n'])
+    assert (again['imported'], again['skipped']) == (0, 1)
+    assert (await client.get_session(moved['id']))['messages'] == (await client.get_session(sid))['messages']
+    assert (await client.get_summary(moved['id']))['content'] == 'asked'
+
+
 def test_the_blocking_client_is_the_async_one(served: Served) -> None:
     public = {name for name, _ in inspect.getmembers(AsyncMemsvcClient, inspect.isfunction) if not name.startswith('_')}
     assert public - {'aclose'} <= set(dir(MemsvcClient)), 'every method has its blocking twin'
@@ -286,6 +311,7 @@ def test_the_blocking_client_is_the_async_one(served: Served) -> None:
         with pytest.raises(SessionNotFound):
             blocking.get_session(_sid('missing'))
         assert MemsvcClient.get_messages.__doc__ == AsyncMemsvcClient.get_messages.__doc__
+        assert any(orjson.loads(line)['id'] == sid for line in blocking.export_lines())
     assert requests.get(served.url + '/healthz', timeout=10).status_code == 200
 
 

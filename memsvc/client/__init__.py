@@ -15,7 +15,7 @@ error code (`memsvc.client.errors`), each with the request id. This package's do
 `python -m pydoc memsvc.client.aio`, `… memsvc.client.transport`, `… memsvc.client.errors`.
 """
 
-from memsvc.client.aio import AsyncMemsvcClient, IfMatch, Page, Versioned, metadata_patch
+from memsvc.client.aio import AsyncMemsvcClient, Page
 from memsvc.client.blocking import MemsvcClient
 from memsvc.client.errors import (
     ApiError,
@@ -43,6 +43,7 @@ from memsvc.client.errors import (
 )
 from memsvc.client.events import Event
 from memsvc.client.transport import Retries
+from memsvc.client.versions import IfMatch, Versioned, metadata_patch
 
 __all__ = [
     'ApiError',

@@ -11,24 +11,37 @@ only if the session exists). `modify` is the read-modify-write loop built on the
 """
 
 import inspect
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar
 
+import aiohttp
 import orjson
 from pydantic import TypeAdapter
 
-from memsvc.client.errors import ApiError, InvalidSessionId, MessageNotFound, PreconditionFailed
+from memsvc.client.errors import ApiError, InvalidSessionId, MessageNotFound, PreconditionFailed, TransportError
 from memsvc.client.events import Event, EventStream
 from memsvc.client.transport import DEFAULT_RETRIES, NO_RETRIES, Answer, Replay, Retries, Transport, new_idempotency_key
+from memsvc.client.versions import IfMatch, Versioned, if_match_header, metadata_patch
 from memsvc.models import (
     ContextWindowBody,
+    ImportResult,
     JsonObject,
     Message,
     NewMessage,
     SearchHitBody,
     Session,
+    SessionLine,
     SummaryBody,
     TruncatedBody,
     is_session_id,
@@ -48,26 +61,12 @@ _SUMMARY: TypeAdapter[SummaryBody] = TypeAdapter(SummaryBody)
 _CONTEXT: TypeAdapter[ContextWindowBody] = TypeAdapter(ContextWindowBody)
 _HITS: TypeAdapter[list[SearchHitBody]] = TypeAdapter(list[SearchHitBody])
 _TRUNCATED: TypeAdapter[TruncatedBody] = TypeAdapter(TruncatedBody)
+_LINE: TypeAdapter[SessionLine] = TypeAdapter(SessionLine)
+_IMPORTED: TypeAdapter[ImportResult] = TypeAdapter(ImportResult)
 
 
 def _parse(adapter: TypeAdapter[T], body: bytes) -> T:
     return adapter.validate_json(body, extra='ignore')
-
-
-@dataclass(frozen=True, slots=True)
-class Versioned(Generic[T]):
-    """A value and the session version it was read at (`etag` as the server sent it, e.g. `"3"`)."""
-
-    value: T
-    etag: str
-
-    @property
-    def version(self) -> int:
-        return int(self.etag.strip('"'))
-
-
-IfMatch = str | int | Versioned[Any]
-"""An ETag (`'"3"'`), a version (`3`), a `Versioned` read, or `'*'` (only if the session exists)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +75,6 @@ class Page(Generic[T]):
 
     items: list[T]
     cursor: str | None
-
-
-def _if_match(value: IfMatch | None) -> dict[str, str]:
-    if value is None:
-        return {}
-    if isinstance(value, Versioned):
-        return {'If-Match': value.etag}
-    if isinstance(value, int):
-        return {'If-Match': f'"{value}"'}
-    return {'If-Match': value}
 
 
 def _session_path(session_id: str) -> str:
@@ -115,21 +104,6 @@ def _next_cursor(answer: Answer) -> str | None:
         if name == 'cursor':
             return value
     return None
-
-
-def metadata_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns `old` into `new`: keys that went are null, objects are patched
-    key by key, anything else that changed is replaced. (A merge patch cannot set a value to null: `new` has none.)"""
-    patch: dict[str, Any] = {key: None for key in old if key not in new}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, dict) and isinstance(before, dict):
-            inner = metadata_patch(before, value)
-            if inner:
-                patch[key] = inner
-        elif key not in old or before != value or type(before) is not type(value):
-            patch[key] = value
-    return patch
 
 
 class AsyncMemsvcClient:
@@ -230,7 +204,7 @@ class AsyncMemsvcClient:
         """Merge `patch` into the metadata (a JSON merge patch: null deletes a key). With `if_match`, only if the
         session is at that version (`PreconditionFailed` otherwise)."""
         answer = await self._unkeyed(
-            'PATCH', _session_path(session_id), {'metadata': patch}, headers=_if_match(if_match)
+            'PATCH', _session_path(session_id), {'metadata': patch}, headers=if_match_header(if_match)
         )
         return _parse(_SESSION, answer.body)
 
@@ -268,7 +242,7 @@ class AsyncMemsvcClient:
 
     async def delete_session(self, session_id: str, *, if_match: IfMatch | None = None) -> None:
         """Delete the session, its messages and its summary."""
-        await self._unkeyed('DELETE', _session_path(session_id), headers=_if_match(if_match))
+        await self._unkeyed('DELETE', _session_path(session_id), headers=if_match_header(if_match))
 
     async def fork(
         self,
@@ -306,7 +280,7 @@ class AsyncMemsvcClient:
     ) -> Message:
         """Append one message (creating the session if it does not exist, unless `if_match`); what was stored."""
         path = f'{_session_path(session_id)}/messages'
-        answer = await self._keyed('POST', path, message, idempotency_key, headers=_if_match(if_match))
+        answer = await self._keyed('POST', path, message, idempotency_key, headers=if_match_header(if_match))
         return _parse(_MESSAGE, answer.body)
 
     async def append_many(
@@ -319,7 +293,7 @@ class AsyncMemsvcClient:
     ) -> list[Message]:
         """Append 1 to `MEMSVC_MAX_BATCH` messages atomically (a gateway's user + assistant turn is one call)."""
         path = f'{_session_path(session_id)}/messages'
-        answer = await self._keyed('POST', path, list(messages), idempotency_key, headers=_if_match(if_match))
+        answer = await self._keyed('POST', path, list(messages), idempotency_key, headers=if_match_header(if_match))
         return _parse(_MESSAGES, answer.body)
 
     async def get_messages(
@@ -356,7 +330,7 @@ class AsyncMemsvcClient:
     async def delete_message(self, session_id: str, message_id: int, *, if_match: IfMatch | None = None) -> None:
         """Remove one message; its id is never given again."""
         path = f'{_session_path(session_id)}/messages/{message_id}'
-        await self._unkeyed('DELETE', path, headers=_if_match(if_match))
+        await self._unkeyed('DELETE', path, headers=if_match_header(if_match))
 
     async def pop(self, session_id: str) -> Message | None:
         """Remove the newest message and answer it (None when the session has none). Concurrent pops each get a
@@ -373,12 +347,12 @@ class AsyncMemsvcClient:
 
     async def clear_messages(self, session_id: str, *, if_match: IfMatch | None = None) -> None:
         """Remove every message and the summary; the session and its metadata stay."""
-        await self._unkeyed('DELETE', f'{_session_path(session_id)}/messages', headers=_if_match(if_match))
+        await self._unkeyed('DELETE', f'{_session_path(session_id)}/messages', headers=if_match_header(if_match))
 
     async def truncate(self, session_id: str, after: int, *, if_match: IfMatch | None = None) -> int:
         """Remove every message with an id above `after` (edit and regenerate); how many went."""
         path = f'{_session_path(session_id)}/messages'
-        answer = await self._unkeyed('DELETE', path, headers=_if_match(if_match), params={'after': after})
+        answer = await self._unkeyed('DELETE', path, headers=if_match_header(if_match), params={'after': after})
         return _parse(_TRUNCATED, answer.body)['deleted']
 
     def events(
@@ -421,7 +395,7 @@ class AsyncMemsvcClient:
         """Set the summary of the messages up to `through_id` (which must be stored), replacing any."""
         body = {'content': content, 'through_id': through_id}
         path = f'{_session_path(session_id)}/summary'
-        answer = await self._keyed('PUT', path, body, idempotency_key, headers=_if_match(if_match))
+        answer = await self._keyed('PUT', path, body, idempotency_key, headers=if_match_header(if_match))
         return _parse(_SUMMARY, answer.body)
 
     async def get_summary(self, session_id: str) -> SummaryBody:
@@ -432,7 +406,7 @@ class AsyncMemsvcClient:
         self, session_id: str, *, if_match: IfMatch | None = None, idempotency_key: str | None = None
     ) -> None:
         await self._keyed('DELETE', f'{_session_path(session_id)}/summary', None, idempotency_key,
-                          headers=_if_match(if_match))  # fmt: skip
+                          headers=if_match_header(if_match))  # fmt: skip
 
     async def search(
         self, query: str, *, session_id: str | None = None, limit: int | None = None, role: str | None = None
@@ -441,6 +415,50 @@ class AsyncMemsvcClient:
         path = f'{API}/search' if session_id is None else f'{_session_path(session_id)}/search'
         answer = await self._send('GET', path, params=_query(q=query, limit=limit, role=role))
         return _parse(_HITS, answer.body)
+
+    # --- export and import -----------------------------------------------------------------------------------
+
+    async def export_lines(self, *, read_timeout: float = 300.0) -> AsyncGenerator[bytes, None]:
+        """The tenant's sessions as the export's NDJSON lines (bytes, each with its newline), newest first, as they
+        arrive: write them to a file, or hand them to `import_lines` of another deployment. An export cut short (the
+        server closes the connection on a failure) raises `TransportError`: no cut export passes for a whole one."""
+        async with self._transport.stream(f'{API}/export', {}, read_timeout) as reply:
+            pending = b''
+            try:
+                async for chunk in reply.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b'\n')
+                    for line in lines:
+                        yield line + b'\n'
+            except aiohttp.ClientError as exc:
+                raise TransportError(f'the export did not arrive whole: {type(exc).__name__}') from exc
+            if pending:
+                yield pending
+
+    async def export(self, *, read_timeout: float = 300.0) -> AsyncGenerator[SessionLine, None]:
+        """`export_lines` as the server's `SessionLine`s (each session whole in memory, as it is parsed)."""
+        async for line in self.export_lines(read_timeout=read_timeout):
+            yield _parse(_LINE, line)
+
+    async def import_lines(
+        self, lines: Iterable[bytes] | AsyncIterable[bytes], *, on_conflict: Literal['keep', 'replace'] = 'keep'
+    ) -> ImportResult:
+        """Import NDJSON lines as the export writes them (streamed: nothing holds the whole), each session all or
+        nothing: what became of each line. Not retried by itself; importing the same lines again skips the sessions
+        that went in (`on_conflict='replace'` writes every line that passes its checks)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if isinstance(lines, AsyncIterable):
+                async for line in lines:
+                    yield line if line.endswith(b'\n') else line + b'\n'
+            else:
+                for line in lines:
+                    yield line if line.endswith(b'\n') else line + b'\n'
+
+        answer = await self._transport.upload(
+            f'{API}/import', {'on_conflict': on_conflict}, chunks(), 'application/x-ndjson'
+        )
+        return _parse(_IMPORTED, answer.body)
 
     # --- operations -----------------------------------------------------------------------------------------
 

@@ -134,5 +134,8 @@ class MemsvcClient:
     get_summary = _blocking(AsyncMemsvcClient.get_summary)
     delete_summary = _blocking(AsyncMemsvcClient.delete_summary)
     search = _blocking(AsyncMemsvcClient.search)
+    export_lines = _iterating(AsyncMemsvcClient.export_lines)
+    export = _iterating(AsyncMemsvcClient.export)
+    import_lines = _blocking(AsyncMemsvcClient.import_lines)
     ready = _blocking(AsyncMemsvcClient.ready)
     openapi = _blocking(AsyncMemsvcClient.openapi)

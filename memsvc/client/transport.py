@@ -217,6 +217,25 @@ class Transport:
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f'cannot connect to {self.base_url}: {exc}') from exc
 
+    async def upload(
+        self, path: str, params: Mapping[str, str | int], chunks: AsyncIterator[bytes], content_type: str
+    ) -> Answer:
+        """A POST whose body streams from `chunks` (chunked transfer), on the aiohttp session; never retried (the
+        chunks cannot be sent again). Error answers raise as `request` raises them."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=None)
+        headers = {'Content-Type': content_type}
+        try:
+            async with self._http().post(
+                self._origin + self.target(path, params), data=chunks, headers=headers, timeout=timeout
+            ) as reply:
+                body = await reply.read()
+                lowered = {name.lower(): value for name, value in reply.headers.items()}
+                if reply.status >= 400:
+                    raise _error(reply.status, body, lowered)
+                return Answer(reply.status, body, lowered)
+        except aiohttp.ClientError as exc:
+            raise TransportError(f'POST {path}: {_describe(exc)}') from exc
+
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
