@@ -8,6 +8,7 @@ replay) are the stores', atomic with their writes: `stores/base.py` says which a
 nothing about HTTP.
 """
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -56,6 +57,9 @@ from memsvc.stores.base import (
 )
 from memsvc.tokens import DEFAULT_ENCODING, Counters, EncodingName, TokenCounter
 from memsvc.window import Answer
+
+_NO_MESSAGE = MessageRange(after=2**53 - 1)
+"""After the largest message id: selects no message, so a counted read of it answers only the count."""
 
 _IDEMPOTENT_IDS = uuid.UUID('5d2b9c64-37a4-4c55-9a0e-2f6d1c8e4b71')
 """The namespace of session ids derived from an Idempotency-Key (uuid5)."""
@@ -173,6 +177,13 @@ class AsyncMemoryManager:
             return sessions, None
         last = sessions[-1].record
         return sessions, encode_cursor((to_micros(last.updated_at), last.id))
+
+    async def message_counts(self, tenant: str, session_ids: list[str]) -> list[int]:
+        """How many messages each session stores (0 for one deleted meanwhile), read together: a read of no
+        message that answers the count (on Redis one script per session, sent in one pipeline)."""
+        reads = (self.store.get_counted_messages(tenant, session_id, _NO_MESSAGE) for session_id in session_ids)
+        pages = await asyncio.gather(*reads)
+        return [0 if page is None else page.total for page in pages]
 
     async def update_metadata(
         self, tenant: str, session_id: str, patch: dict[str, Any], *, expected_version: int | None = None

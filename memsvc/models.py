@@ -185,6 +185,9 @@ class Session(TypedDict):
     messages: list[Message]
     metadata: JsonObject
     forked_from: NotRequired[Annotated[ForkedFrom, Field(description='only on a fork: what it was copied from')]]
+    message_count: NotRequired[
+        Annotated[int, Field(ge=0, description='only in a listing with include_message_count=true: messages stored')]
+    ]
 
 
 @with_config(ConfigDict(extra='forbid', title='SearchHit'))

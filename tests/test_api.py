@@ -160,6 +160,30 @@ async def test_list_sessions_pages_with_link_header(client: CheckedClient) -> No
     assert pages == 3
 
 
+async def test_list_sessions_with_message_counts(client: CheckedClient) -> None:
+    """`include_message_count=true` counts what each session stores now: after a deletion and a truncation, and
+    0 for one without messages; without it there is no count (the console's sessions view asks for it)."""
+    assert (await client.post(f'{API}/sessions', json={'id': 'empty'})).status == 201
+    ids = await add(client, 'edited', 'a', 'b', 'c', 'd')
+    assert (await client.delete(f'{API}/sessions/edited/messages/{ids[0]}')).status == 200
+    assert (await client.delete(f'{API}/sessions/edited/messages?after={ids[2]}')).status == 200
+    await add(client, 'three', 'a', 'b', 'c')
+    reply = await client.get(f'{API}/sessions?include_messages=false&include_message_count=true')
+    assert {s['id']: s['message_count'] for s in reply.json()} == {'empty': 0, 'edited': 2, 'three': 3}
+    assert all(s['messages'] == [] for s in reply.json())
+    plain = await client.get(f'{API}/sessions?include_messages=false')
+    assert all('message_count' not in s for s in plain.json())
+
+
+async def test_get_session_without_its_messages(client: CheckedClient) -> None:
+    await add(client, 'big', 'a', 'b')
+    reply = await client.get(f'{API}/sessions/big?include_messages=false')
+    assert reply.status == 200
+    assert reply.json()['messages'] == []
+    assert reply.json()['metadata'] == {}
+    assert reply.headers['ETag'] == (await client.get(f'{API}/sessions/big')).headers['ETag']
+
+
 async def test_list_sessions_empty(client: CheckedClient) -> None:
     reply = await client.get(f'{API}/sessions')
     assert reply.status == 200

@@ -32,6 +32,9 @@ CURSOR = text_query(
     description='opaque; only from the Link header of the previous page',
 )  # the manager decodes it and answers a bad one
 INCLUDE_MESSAGES = bool_query('include_messages', default=True, description='false: no messages')
+INCLUDE_MESSAGE_COUNT = bool_query(
+    'include_message_count', default=False, description='true: each session with `message_count`, the messages stored'
+)
 LINK = ResponseHeader('Link', '`<url>; rel="next"` when more sessions follow')
 LOCATION = ResponseHeader('Location', 'the path of the new session')
 
@@ -43,13 +46,14 @@ LOCATION = ResponseHeader('Location', 'the path of the new session')
         'List sessions, newest updated_at first',
         {200: Reply(list[Session], 'a page of sessions', (LINK,))},
         errors=(400, 401),
-        params=(LIST_LIMIT, CURSOR, INCLUDE_MESSAGES),
+        params=(LIST_LIMIT, CURSOR, INCLUDE_MESSAGES, INCLUDE_MESSAGE_COUNT),
     ),
 )
 async def list_sessions(request: web.Request) -> web.Response:
     limit = LIST_LIMIT.get(request)
     with_messages = INCLUDE_MESSAGES.get(request)
-    sessions, next_cursor = await request.app[MANAGER].list_sessions(
+    manager = request.app[MANAGER]
+    sessions, next_cursor = await manager.list_sessions(
         request[TENANT], limit=limit, cursor=CURSOR.get(request), with_messages=with_messages
     )
     size = sum(len(found.messages) + len(found.record.metadata) + SESSION_OVERHEAD_BYTES for found in sessions)
@@ -57,7 +61,12 @@ async def list_sessions(request: web.Request) -> web.Response:
     headers = None
     if next_cursor is not None:
         headers = {'Link': f'<{request.rel_url.update_query(cursor=next_cursor)}>; rel="next"'}
-    return json_response([session_body(found) for found in sessions], headers=headers)
+    bodies = [session_body(found) for found in sessions]
+    if INCLUDE_MESSAGE_COUNT.get(request):
+        counts = await manager.message_counts(request[TENANT], [found.record.id for found in sessions])
+        for body, count in zip(bodies, counts, strict=True):
+            body['message_count'] = count
+    return json_response(bodies, headers=headers)
 
 
 @routes.post(
@@ -87,11 +96,14 @@ async def create_session(request: web.Request) -> web.Response:
         'A session with all its messages',
         {200: Reply(Session, 'the session', (ETAG,))},
         errors=(400, 401, 404),
-        params=(SESSION_ID,),
+        params=(SESSION_ID, INCLUDE_MESSAGES),
     ),
 )
 async def get_session(request: web.Request) -> web.Response:
-    found = await request.app[MANAGER].get_session(request[TENANT], SESSION_ID.get(request))
+    session_id = SESSION_ID.get(request)
+    # most reads have no query string: then there is none to parse (a MultiDict built per request otherwise)
+    with_messages = INCLUDE_MESSAGES.get(request) if request.rel_url.raw_query_string else True
+    found = await request.app[MANAGER].get_session(request[TENANT], session_id, with_messages=with_messages)
     size = len(found.messages) + len(found.record.metadata) + SESSION_OVERHEAD_BYTES
     if size > MIN_RESPONSE_BYTES:
         bounded(request, size, f'read its messages in pages with GET {API}/sessions/<id>/messages?limit=N&before=<id>')
