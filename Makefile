@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest all clean bench bench-tools load soak
+.PHONY: help install run test lint typecheck pytest all clean bench bench-tools load soak screenshots browser
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,13 @@ bench: $(BENCH_STAMP) bench-tools ## memsvc against a bare-aiohttp ceiling with 
 
 load: $(BENCH_STAMP) bench-tools ## locust for 60 s against a memsvc it starts (LOAD_ARGS='--memory-type redis')
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium not on PATH; installing it with apt-get"; \
+	    $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+screenshots: $(STAMP) browser ## the README's pictures of the console (docs/console-*.png), in Debian's Chromium
+	$(BIN)/python -m tests.console_shots docs
 
 SOAK_SECONDS ?= 60
 soak: $(STAMP) ## two replicas on one Redis under load through a Redis restart and a replica restart; prints the counts

@@ -10,9 +10,11 @@ from typing import TypeVar
 import orjson
 from aiohttp import web
 
-from memsvc.appkeys import HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS, STREAMED_BODIES
+from memsvc.appkeys import CONSOLE_FILES, HUB, MANAGER, METRICS, OPENAPI_JSON, SETTINGS, STREAMED_BODIES
 from memsvc.auth import Keyring
 from memsvc.compat.openai import conversations
+from memsvc.console.files import ConsoleFiles
+from memsvc.console.routes import console
 from memsvc.declare import LinesBody
 from memsvc.endpoint import endpoints
 from memsvc.events import open_hub
@@ -107,5 +109,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.on_shutdown.append(_end_waits)
-    app.add_routes(endpoints((routes, conversations), Keyring.from_settings(settings), metrics))
+    tables = [routes, conversations]
+    if settings.console:  # MEMSVC_CONSOLE=false: no /console routes at all
+        app[CONSOLE_FILES] = ConsoleFiles.load()
+        tables.append(console)
+    app.add_routes(endpoints(tables, Keyring.from_settings(settings), metrics))
     return app

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from memsvc.console.files import ConsoleFiles
 from memsvc.events import Hub
 from memsvc.manager import AsyncMemoryManager
 from memsvc.metrics import Metrics
@@ -14,5 +15,6 @@ METRICS = web.AppKey('metrics', Metrics)
 HUB = web.AppKey('hub', Hub)
 STREAMED_BODIES = web.AppKey('streamed_bodies', frozenset[str])
 """The paths whose bodies are read as they arrive, without `MEMSVC_MAX_BODY_BYTES` (`declare.LinesBody`)."""
+CONSOLE_FILES = web.AppKey('console_files', ConsoleFiles)
 
 TENANT = web.RequestKey('tenant', str)

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
         None, gt=0, le=600, description='longest a store operation may take, then 503; unset: 10 s, 60 s on Chroma'
     )
     access_log: bool = False
+    console: bool = Field(True, description='serve the web console at /console (static files; data through the API)')
     shutdown_timeout: float = Field(30.0, gt=0, description='seconds to finish in-flight requests on SIGTERM')
     header_timeout_seconds: float = Field(5.0, gt=0, le=600, description='seconds to receive a request head')
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600, description='seconds to receive a request body')

@@ -99,13 +99,25 @@ class ServerProcess:
     def log(self) -> Path:
         return self.directory / f'{self.name}.log'
 
+    def environment(self) -> dict[str, str]:
+        return clean_env()
+
     def launch(self) -> None:
         """Start (or start again) on the same port and directory; return once it answers."""
+        self.spawn()
+        self.wait_until_answering()
+
+    def spawn(self) -> None:
+        """Start the process and return at once (`wait_until_answering` then waits for it): servers that take
+        seconds to start can start side by side."""
         assert self.process is None or self.process.poll() is not None, 'already running'
         with self.log.open('ab') as log:
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env()
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.environment()
             )
+
+    def wait_until_answering(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + self.start_timeout
         while not self.answers():
             if self.process.poll() is not None:

@@ -1,6 +1,8 @@
 """Every route of the app passes through the endpoint wrapper (auth, tenant, the error map), proven on
 the real app's router rather than on the route table it was built from; and the key check agrees with
-the OpenAPI document route by route (`security: []` means open)."""
+the OpenAPI document route by route (`security: []` means open). The console's routes (`memsvc.console`) are
+declared as the API's are, but left out of the document the app serves: the walk reads a document of all three
+route tables."""
 
 import re
 from typing import Any
@@ -10,8 +12,11 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from memsvc.app import create_app
+from memsvc.compat.openai import conversations
+from memsvc.console.routes import console
 from memsvc.endpoint import is_endpoint
 from memsvc.openapi import build_openapi
+from memsvc.routes import routes
 from memsvc.settings import Settings
 from tests.conformance import CheckedClient, Conformance
 
@@ -78,7 +83,7 @@ async def test_the_key_check_follows_the_document_route_by_route(aiohttp_client:
     on exactly the routes the document does not mark open; an open route answers without the key."""
     settings = Settings(api_key=KEY)
     app = create_app(settings)
-    document = build_openapi(settings)
+    document = build_openapi(settings, (routes, conversations, console))
     client = CheckedClient(await aiohttp_client(app), Conformance(document))
     found = routes_by_openness(app, document)
     assert len(found[False]) >= 10, found
@@ -109,7 +114,7 @@ async def test_the_walk_fails_the_request_check_too_for_a_bare_route(aiohttp_cli
         assert 'X-Request-ID' not in response.headers
 
 
-@pytest.mark.parametrize('path', ['/healthz', '/readyz', '/metrics'])
+@pytest.mark.parametrize('path', ['/healthz', '/readyz', '/metrics', '/console', '/console/api'])
 async def test_operations_routes_are_open_and_still_wrapped(aiohttp_client: AiohttpClient, path: str) -> None:
     client: Any = await aiohttp_client(create_app(Settings(api_key=KEY)))
     async with client.get(path) as response:
