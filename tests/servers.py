@@ -31,6 +31,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without memsvc's variables, plus `extra`: for every process the suite starts,
     memsvc and the servers alike (`chroma run` reads `CHROMA_*` variables too, which a shell may set for memsvc)."""
     env = {name: value for name, value in os.environ.items() if not is_memsvc_variable(name)}
+    # like the in-process stores of conftest.py: on a loaded machine a memsvc started on Redis has timed out
+    # opening its first connection within the default 0.5 s, and exited (memsvc does not start without Redis);
+    # a refused connection (Redis down) still fails at once
+    env['MEMSVC_REDIS_CONNECT_TIMEOUT'] = '5'
     env.update(extra)
     return env
 
