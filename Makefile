@@ -67,7 +67,7 @@ bench-tools:
 	    echo "$$tool not on PATH; installing it with apt-get"; $(SUDO) apt-get update -qq; \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$tool; done
 
-bench: $(BENCH_STAMP) bench-tools ## memsvc against a bare-aiohttp ceiling with wrk (about 18 min; bench/results/)
+bench: $(BENCH_STAMP) bench-tools ## memsvc against a bare-aiohttp ceiling with wrk (about 21 min; bench/results/)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 load: $(BENCH_STAMP) bench-tools ## locust for 60 s against a memsvc it starts (LOAD_ARGS='--memory-type redis')

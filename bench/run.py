@@ -15,8 +15,9 @@ median req/s, p50 and p99. Results go to `bench/results/` as JSON and as a PNG c
 Sections: the scenarios of a chat turn, growth (append and get-last-20 on sessions that already hold
 10 / 1,000 / 100,000 messages), memory per stored message at 1M messages, `--workers 2` against
 one worker on redis, live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
-messages: `bench/live.py`), client (`memsvc.client` as the load generator against wrk: `bench/client.py`) and
-transfer (export and import of 1M messages: `bench/transfer.py`).
+messages: `bench/live.py`), client (`memsvc.client` as the load generator against wrk: `bench/client.py`),
+transfer (export and import of 1M messages: `bench/transfer.py`) and people (a filtered listing among 100,000
+sessions: `bench/people.py`).
 """
 
 import argparse
@@ -51,6 +52,7 @@ from bench.measure import (
     stored_size,
     timed_run,
 )
+from bench.people import section_people
 from bench.report import chart, cpu_ticks, machine, print_header, print_memory, print_rows, steal_percent, targets_met
 from bench.servers import BENCH, LOAD_CPU, ROOT, SERVER_CPU, Server, running, start_ceiling, start_memsvc, start_redis
 from bench.transfer import section_transfer
@@ -189,7 +191,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'client', 'transfer', 'chroma')
+SECTIONS = ('memory', 'main', 'growth', 'workers', 'live', 'client', 'transfer', 'people', 'chroma')
 
 
 def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -297,6 +299,10 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
             if 'transfer' in sections:
                 _flush(redis_server)
                 results['transfer'] = section_transfer(workdir, redis_server)
+            if 'people' in sections:
+                _flush(redis_server)
+                print("\npeople: one person's sessions among 100,000 (in_memory, then redis)")
+                results['people'] = section_people(workdir, redis_server, args.seconds, args.warmup)
         finally:
             redis_server.stop(kill=True)
         if 'chroma' in sections:

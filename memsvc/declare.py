@@ -166,8 +166,7 @@ def nonblank_text_query(name: str, max_chars: int, *, what: str, description: st
 class QueryFamily:
     """Parameters named `<prefix><key>` (e.g. `metadata.user_id=123`), keys the settings allow: read as
     {key: value}; any other key under the prefix is 400 naming the allowed ones. The document lists one
-    parameter per allowed key. No route of ours uses one yet: it is for part 2's `metadata.<key>` filters (and is
-    tested by tests/test_declare.py meanwhile)."""
+    parameter per allowed key (the sessions listing's `metadata.<key>` filters)."""
 
     __slots__ = ('description', 'keys', 'prefix', 'schema')
 

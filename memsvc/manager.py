@@ -13,7 +13,7 @@ import base64
 import binascii
 import hashlib
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -55,6 +55,7 @@ from memsvc.stores.base import (
     Summarized,
     Truncated,
 )
+from memsvc.stores.index import where_of
 from memsvc.tokens import DEFAULT_ENCODING, Counters, EncodingName, TokenCounter
 from memsvc.window import Answer
 
@@ -168,11 +169,21 @@ class AsyncMemoryManager:
         return found
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, cursor: str | None, with_messages: bool
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        with_messages: bool,
+        filters: Mapping[str, str] | None = None,
     ) -> tuple[list[StoredSession], str | None]:
-        """A page of sessions and the cursor of the next page (None on the last page)."""
+        """A page of sessions and the cursor of the next page (None on the last page); with `filters` ({indexed
+        key: value}, checked by the route), only the sessions whose metadata holds all of them."""
         after = decode_cursor(cursor) if cursor is not None else None
-        sessions, more = await self.store.list_sessions(tenant, limit=limit, after=after, with_messages=with_messages)
+        where = where_of(filters) if filters else ()
+        sessions, more = await self.store.list_sessions(
+            tenant, limit=limit, after=after, with_messages=with_messages, where=where
+        )
         if not more or not sessions:
             return sessions, None
         last = sessions[-1].record

@@ -1,9 +1,10 @@
 """Settings: the only place the environment is read. Built once in `main()` and passed down."""
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memsvc.auth import DEFAULT_TENANT, parse_api_keys
@@ -14,6 +15,8 @@ MIN_RESPONSE_BYTES = 1024 * 1024
 LogLevel = Literal['DEBUG', 'INFO', 'WARNING', 'ERROR']
 UNBOUNDED_LINE_BYTES = 16 * 1024**3
 """The per-line limit of an import when no limit bounds a session (`Settings.import_line_bytes`)."""
+MAX_INDEXED_KEYS = 8
+_INDEXED_KEY = re.compile(r'[A-Za-z0-9_-]{1,64}')
 
 
 def _env(name: str) -> Any:
@@ -67,6 +70,9 @@ class Settings(BaseSettings):
         None, ge=1024, description='longest line of an import; unset: the most a session can take (import_line_bytes)'
     )
     idempotency_ttl_seconds: int = Field(86_400, ge=1, description='how long an Idempotency-Key is remembered')
+    indexed_metadata: str = Field(
+        'user_id', description='metadata keys whose string values are indexed, for GET/DELETE /sessions?metadata.<key>='
+    )
 
     log_level: LogLevel = 'INFO'
     log_format: Literal['text', 'json'] = 'text'
@@ -96,6 +102,23 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and isinstance(data.get('log_level'), str):
             data = {**data, 'log_level': data['log_level'].upper()}
         return data
+
+    @field_validator('indexed_metadata')
+    @classmethod
+    def _indexed_keys(cls, value: str) -> str:
+        keys = [key.strip() for key in value.split(',')]
+        if not 1 <= len(keys) <= MAX_INDEXED_KEYS or not all(_INDEXED_KEY.fullmatch(key) for key in keys):
+            raise ValueError(
+                f'give 1 to {MAX_INDEXED_KEYS} metadata keys separated by commas, each of 1-64 characters of '
+                'A-Z a-z 0-9 _ -'
+            )
+        if len(set(keys)) != len(keys):
+            raise ValueError('a key is given twice')
+        return ','.join(keys)
+
+    def indexed_keys(self) -> tuple[str, ...]:
+        """`MEMSVC_INDEXED_METADATA` as its keys, in the order given."""
+        return tuple(self.indexed_metadata.split(','))
 
     @model_validator(mode='after')
     def _one_source_of_api_keys(self) -> Self:

@@ -4,10 +4,13 @@ import re
 
 import pytest
 
+from memsvc.stores import redis_fork, redis_index
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.redis_lua import Arg, Prefix, Script
 
-SCRIPTS = [value for value in vars(lua).values() if isinstance(value, Script)]
+SCRIPTS = [
+    value for module in (lua, redis_index, redis_fork) for value in vars(module).values() if isinstance(value, Script)
+]
 
 
 def locals_read(source: str) -> dict[str, tuple[str, int]]:

@@ -105,3 +105,14 @@ def test_keyring_matches_whole_keys_only() -> None:
     assert keyring.tenant_for(b'Bearer abcd') == 'bob'
     assert keyring.tenant_for(b'Bearer ab') is None
     assert keyring.tenant_for(b'abc') is None
+
+
+async def test_a_person_s_sessions_are_those_of_the_caller_s_tenant(tenants: CheckedClient) -> None:
+    person = {'metadata': {'user_id': 'u1'}}
+    for session_id in ('a1', 'a2'):
+        assert (await tenants.post(f'{API}/sessions', headers=ALICE, json={'id': session_id, **person})).status == 201
+    assert (await tenants.post(f'{API}/sessions', headers=BOB, json={'id': 'b1', **person})).status == 201
+    mine = await tenants.get(f'{API}/sessions?metadata.user_id=u1', headers=BOB)
+    assert [session['id'] for session in mine.json()] == ['b1']
+    theirs = await tenants.get(f'{API}/sessions?metadata.user_id=u1', headers=ALICE)
+    assert [session['id'] for session in theirs.json()] == ['a2', 'a1']

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from memsvc.appkeys import MANAGER, SETTINGS, TENANT
-from memsvc.declare import JsonBody, Operation, Reply, ResponseHeader, bool_query, int_query, text_query
+from memsvc.declare import JsonBody, Operation, QueryFamily, Reply, ResponseHeader, bool_query, int_query, text_query
 from memsvc.models import NewFork, NewSession, Session, StoredSession, Success
 from memsvc.routes.common import (
     API,
@@ -35,6 +35,13 @@ INCLUDE_MESSAGES = bool_query('include_messages', default=True, description='fal
 INCLUDE_MESSAGE_COUNT = bool_query(
     'include_message_count', default=False, description='true: each session with `message_count`, the messages stored'
 )
+METADATA = QueryFamily(
+    'metadata.',
+    lambda settings: settings.indexed_keys(),
+    schema={'type': 'string'},
+    description='only the sessions whose metadata has this string under `{key}` (an indexed key, '
+    'MEMSVC_INDEXED_METADATA); several filters: all of them',
+)
 LINK = ResponseHeader('Link', '`<url>; rel="next"` when more sessions follow')
 LOCATION = ResponseHeader('Location', 'the path of the new session')
 
@@ -43,18 +50,23 @@ LOCATION = ResponseHeader('Location', 'the path of the new session')
     f'{API}/sessions',
     Operation(
         'listSessions',
-        'List sessions, newest updated_at first',
+        'List sessions, newest updated_at first; or those of one person, by metadata',
         {200: Reply(list[Session], 'a page of sessions', (LINK,))},
         errors=(400, 401),
-        params=(LIST_LIMIT, CURSOR, INCLUDE_MESSAGES, INCLUDE_MESSAGE_COUNT),
+        params=(LIST_LIMIT, CURSOR, INCLUDE_MESSAGES, INCLUDE_MESSAGE_COUNT, METADATA),
+        description='`metadata.<key>=<value>` lists only the sessions whose metadata holds that string value under '
+        'an indexed key (MEMSVC_INDEXED_METADATA, default `user_id`), found through the metadata index, in the same '
+        'order and pages; a key that is not indexed is 400 `invalid_parameter` naming the indexed ones. A value that '
+        'is not a string (a number, null, an object) is not indexed and matches no filter.',
     ),
 )
 async def list_sessions(request: web.Request) -> web.Response:
     limit = LIST_LIMIT.get(request)
     with_messages = INCLUDE_MESSAGES.get(request)
     manager = request.app[MANAGER]
+    filters = METADATA.get(request, request.app[SETTINGS].indexed_keys())
     sessions, next_cursor = await manager.list_sessions(
-        request[TENANT], limit=limit, cursor=CURSOR.get(request), with_messages=with_messages
+        request[TENANT], limit=limit, cursor=CURSOR.get(request), with_messages=with_messages, filters=filters
     )
     size = sum(len(found.messages) + len(found.record.metadata) + SESSION_OVERHEAD_BYTES for found in sessions)
     bounded(request, size, FEWER_SESSIONS)

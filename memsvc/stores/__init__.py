@@ -21,7 +21,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         case 'in_memory':
             from memsvc.stores.memory import MemoryStore
 
-            yield MemoryStore(Limits.from_settings(settings))
+            yield MemoryStore(Limits.from_settings(settings), settings.indexed_keys())
         case 'redis':
             from memsvc.stores.redis import RedisStore
             from memsvc.stores.redis_client import create_client

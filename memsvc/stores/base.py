@@ -58,6 +58,7 @@ from memsvc.context import INSTRUCTION, PLAIN, RESULT, kind_of
 from memsvc.errors import PreconditionFailed
 from memsvc.models import SearchHit, SessionRecord, StoredSession
 from memsvc.stores.gaps import Gaps
+from memsvc.stores.index import Where
 
 if TYPE_CHECKING:
     from memsvc.settings import Settings
@@ -327,10 +328,16 @@ class Store(Protocol):
     async def get_session(self, tenant: str, session_id: str, *, with_messages: bool) -> StoredSession | None: ...
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool, where: Where = ()
     ) -> tuple[list[StoredSession], bool]:
         """Up to `limit` sessions, newest `updated_at` first, starting after the `after` position, and
-        whether more follow."""
+        whether more follow; with `where`, only the sessions whose metadata holds all of it (`stores.index`),
+        found through the metadata index (never by reading every session)."""
+
+    async def index_session(self, tenant: str, session_id: str) -> bool:
+        """Write the session's index entries again from its stored metadata and `updated_at`, under the configured
+        keys (dropping entries under keys no longer indexed). False: no such session. What an import calls after
+        it wrote a session, and what `memsvc reindex` does for each (`memsvc.reindex`)."""
 
     async def update_metadata(
         self,

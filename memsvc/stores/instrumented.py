@@ -32,6 +32,7 @@ from memsvc.stores.base import (
     WindowRead,
 )
 from memsvc.stores.gaps import Gaps
+from memsvc.stores.index import Where
 
 T = TypeVar('T')
 
@@ -128,10 +129,13 @@ class InstrumentedStore:
         return await self._call('get_session', self.inner.get_session(tenant, session_id, with_messages=with_messages))
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool, where: Where = ()
     ) -> tuple[list[StoredSession], bool]:
-        call = self.inner.list_sessions(tenant, limit=limit, after=after, with_messages=with_messages)
+        call = self.inner.list_sessions(tenant, limit=limit, after=after, with_messages=with_messages, where=where)
         return await self._call('list_sessions', call)
+
+    async def index_session(self, tenant: str, session_id: str) -> bool:
+        return await self._call('index_session', self.inner.index_session(tenant, session_id))
 
     async def update_metadata(
         self,

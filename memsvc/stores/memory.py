@@ -12,7 +12,9 @@ the shorter side of the log, so that the log only ever holds messages and any ru
 The listing is a sorted list of
 (updated_at, id), read from its end (newest first), so a page is a bisect and a slice; a write only notes
 that its session moved, and the next listing re-sorts the sessions that moved, so that an append does not
-pay for keeping the list sorted. Idempotency records live beside the sessions of their tenant, keyed by
+pay for keeping the list sorted. The metadata index (`memory_index`) is one such sorted list per (key, value), of
+the same places, sorted with the listing, so a filtered page is a walk down the shortest list its filter names.
+Idempotency records live beside the sessions of their tenant, keyed by
 (session id, key), in the order they expire.
 
 What is held is kept out of the way of Python's cyclic garbage collector, whose full passes visit every
@@ -23,8 +25,9 @@ a pause that shows in the tail latency of every request).
 """
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +50,7 @@ from memsvc.errors import (
 )
 from memsvc.models import SearchHit, SessionRecord, StoredSession, fork_origin, to_micros, with_id
 from memsvc.stores import gaps as ids
+from memsvc.stores import index
 from memsvc.stores.base import (
     Appended,
     CountedPage,
@@ -66,6 +70,8 @@ from memsvc.stores.base import (
     is_instruction,
     summary_through,
 )
+from memsvc.stores.index import Where
+from memsvc.stores.memory_index import ValueIndex
 from memsvc.stores.memory_log import LogCopy, MessageLog
 from memsvc.stores.memory_transfer import MemoryTransfers
 
@@ -90,6 +96,8 @@ class _Session:
     forked_from: bytes = b''
     listed: ListCursor = (0, '')
     """Its place in the tenant's listing, (updated_at in µs, id), as of the last time the listing was sorted."""
+    entries: Where = ()
+    """Its metadata index entries (`stores.index`), each of whose lists in `_Tenant.index` holds `listed`."""
 
     @classmethod
     def new(cls, record: SessionRecord) -> '_Session':
@@ -124,6 +132,7 @@ class _Tenant:
         """Every session's `listed` place, ascending: the API lists sessions newest first, from the end."""
         self.moved: dict[str, _Session] = {}
         """Sessions written since the listing was last sorted: their `listed` place is out of date."""
+        self.index = ValueIndex()
         self.recorded: dict[tuple[str, str], _Recorded] = {}
 
     def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | Summarized | None:
@@ -154,11 +163,28 @@ class _Tenant:
     def add(self, session: _Session) -> None:
         self.sessions[session.id] = session
         self.listing.add(session.listed)
+        self.index.add(session.listed, session.entries)
 
     def remove(self, session: _Session) -> None:
         del self.sessions[session.id]
         self.moved.pop(session.id, None)
         self.listing.remove(session.listed)
+        self.index.remove(session.listed, session.entries)
+
+    def reindex(self, session: _Session, entries: Where) -> None:
+        """Make `entries` the session's metadata index entries."""
+        if session.entries != entries:
+            self.index.change(session.listed, session.entries, entries)
+            session.entries = entries
+
+    def matching(self, where: Where, after: ListCursor | None) -> Iterator[_Session]:
+        """The sessions holding every entry of `where`, newest first, after the position `after` (the listing must be
+        sorted)."""
+        sessions = self.sessions
+        for session_id in self.index.walk(where, after):
+            session = sessions[session_id]
+            if all(entry in session.entries for entry in where):
+                yield session
 
     def touch(self, session: _Session, now: datetime) -> None:
         session.touch(now)
@@ -168,8 +194,10 @@ class _Tenant:
         """The listing, with the sessions that moved since it was last sorted in their new places."""
         for session in self.moved.values():
             self.listing.remove(session.listed)
-            session.listed = to_micros(session.updated_at), session.id
+            old, session.listed = session.listed, (to_micros(session.updated_at), session.id)
             self.listing.add(session.listed)
+            if session.entries:
+                self.index.move(old, session.listed, session.entries)
         self.moved.clear()
         return self.listing
 
@@ -204,8 +232,9 @@ def _summary_covers(summary: bytes, after: int) -> bool:
 class MemoryStore:
     self_timed: frozenset[str] = frozenset()
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, indexed: Sequence[str] = ('user_id',)) -> None:
         self._tenants: dict[str, _Tenant] = {}
+        self._indexed = tuple(indexed)
         self._limits = limits or Limits()
         self._max_messages = self._limits.max_messages
         self.forks = ForkHook()
@@ -230,7 +259,7 @@ class MemoryStore:
         if record.id in part.sessions:
             return None
         self._check_room(part)
-        part.add(_Session.new(record))
+        part.add(self._new(record))
         part.record(record.id, idempotency, record)
         return record
 
@@ -241,13 +270,35 @@ class MemoryStore:
         return self._stored(session, with_messages)
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool, where: Where = ()
     ) -> tuple[list[StoredSession], bool]:
-        listing = self._tenant(tenant).sorted_listing()
+        part = self._tenant(tenant)
+        listing = part.sorted_listing()
+        if where:
+            found = list(itertools.islice(part.matching(where, after), limit + 1))
+            return [self._stored(session, with_messages) for session in found[:limit]], len(found) > limit
         end = len(listing) if after is None else listing.bisect_left(after)  # the page ends before `after`
         start = max(end - limit, 0)
-        sessions = self._tenant(tenant).sessions
+        sessions = part.sessions
         return [self._stored(sessions[sid], with_messages) for _, sid in reversed(listing[start:end])], start > 0
+
+    async def index_session(self, tenant: str, session_id: str) -> bool:
+        part = self._tenant(tenant)
+        session = part.sessions.get(session_id)
+        if session is None:
+            return False
+        part.reindex(session, index.entries(session.metadata, self._indexed))
+        return True
+
+    async def count_sessions(self, tenant: str) -> int:
+        return len(self._tenant(tenant).sessions)
+
+    async def reindex(self, tenant: str) -> AsyncIterator[int]:
+        """In one step: nothing here outlives the process, so `memsvc reindex` has nothing to do here."""
+        part = self._tenant(tenant)
+        for session in part.sessions.values():
+            part.reindex(session, index.entries(session.metadata, self._indexed))
+        yield len(part.sessions)
 
     async def update_metadata(
         self,
@@ -264,6 +315,7 @@ class MemoryStore:
             return None
         _check_version(session_id, session, expected_version)
         session.metadata = apply(session.metadata)
+        part.reindex(session, index.entries(session.metadata, self._indexed))
         part.touch(session, now)
         return session.record()
 
@@ -356,7 +408,7 @@ class MemoryStore:
         self._check_room(part)
         metadata = source.metadata if fork.metadata is None else fork.metadata
         record = SessionRecord(fork.target, fork.now, fork.now, metadata, 0, fork_origin(fork.source, through))
-        session = _Session.new(record)
+        session = self._new(record)
         if through is not None:
             session.messages, session.first_id, session.next_id = copy, first, through + 1
             session.gaps = tuple(gap for gap in gaps if gap[0] < through)
@@ -550,6 +602,11 @@ class MemoryStore:
         self, tenant: str, image: SessionImage, *, replace: bool
     ) -> AbstractAsyncContextManager[ImportWriter]:
         return self._transfers.importing(tenant, image, replace=replace)
+
+    def _new(self, record: SessionRecord) -> _Session:
+        session = _Session.new(record)
+        session.entries = index.entries(record.metadata, self._indexed)
+        return session
 
     def _check_room(self, part: _Tenant) -> None:
         if self._limits.max_sessions and len(part.sessions) >= self._limits.max_sessions:

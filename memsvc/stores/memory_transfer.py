@@ -61,8 +61,6 @@ class MemoryImport:
         self._log.extend(messages, records)
 
     async def publish(self, gaps: ids.Gaps) -> None:
-        from memsvc.stores.memory import _Session  # (memory.py imports this module)
-
         image = self._image
         part = self._store._tenant(self._tenant)
         existing = part.sessions.get(self._session_id)
@@ -73,7 +71,7 @@ class MemoryImport:
         given = image.record
         version = 0 if existing is None else existing.version + 1
         record = SessionRecord(given.id, given.created_at, given.updated_at, given.metadata, version, given.forked_from)
-        session = _Session.new(record)
+        session = self._store._new(record)  # with its metadata index entries
         session.messages, session.next_id, session.gaps = self._log, image.next_id, gaps
         session.first_id = self._first or image.next_id
         session.summary = image.summary

@@ -10,6 +10,12 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
     {p}:{<tenant>/<id>}:events      (S)PUBLISH channel, not a key: each write's wake-up (`memsvc.events`)
 
+and, in the listing's slot (its name is their hash tag), the metadata index (`redis_index`):
+
+    {{p}:<tenant>:sessions}:indexed       HASH  session id -> the names of the sets below it is in, one a line
+    {{p}:<tenant>:sessions}:by:<k>:<v>    ZSET  session id -> updated_at (µs): the sessions whose metadata holds the
+                                                string <v> under the indexed key <k> (`MEMSVC_INDEXED_METADATA`)
+
 `meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15), and
 `forked_from` (JSON) on a fork. While a fork is copied, two hidden lists under the new session's hash tag,
 `:fork:<nonce>:msgs` and `:fork:<nonce>:counts`, hold the copy (`redis_fork`); while a session is imported, two more,
@@ -42,19 +48,21 @@ those of concurrent requests together) and turns client errors into `BackendUnav
 "not found". Two differences show through, each read once when the store is made: `keeps_deadline` (whether
 the transport times each call itself, see `_SELF_TIMED`) and `spans_slots`:
 
-On a single Redis the session script also updates the tenant's index, so a write is one atomic round
-trip. On Redis Cluster the index lives in another slot, which one script cannot touch: an append
-sends the session script and an index update (`ZADD GT`) concurrently (still one round-trip time),
-create/update/clear update the index after their script succeeded, delete sends `ZREM` after its
-script. The trade-off: on Cluster the index is updated next to, not inside, the session's atomic
-step. If the second command fails (503) the session is listed at its previous position until its
-next write; an index entry whose session is gone is skipped and removed by the listing. The tenant's
-session limit is checked there before a write that may create a session, not atomically with it.
+On a single Redis the session script also updates the tenant's listing and metadata index, so a write is one
+atomic round trip. On Redis Cluster they live in another slot, which one script cannot touch: an append
+sends the session script and an index update (`redis_index.TOUCH_INDEX`, `ZADD GT`) concurrently (still one
+round-trip time), create/update/clear update the index after their script succeeded, delete takes the session out
+of the index after its script; a PATCH that changes an indexed value joins the new value's set before its script
+and leaves the old one after it (`RedisIndex.metadata_changing`). The trade-off: on Cluster the index is updated next
+to, not inside, the session's atomic step. If the second command fails (503) the session is listed at its previous
+position until its next write; an index entry whose session is gone or (a filter's) no longer matches is skipped
+and removed by the listing (the repair rule, `redis_index`). The tenant's session limit is checked there before a
+write that may create a session, not atomically with it.
 
-Expired sessions leave the listing: the listing reads each candidate's meta, skips and removes
-(only if its score is unchanged) entries whose session is gone, and every write drops entries older
-than TTL + a minute (`ZREMRANGEBYSCORE`); the index key itself expires a minute after its tenant's
-last write.
+Expired sessions leave the listing and the index: the listing reads each candidate's meta, skips and removes
+(only if its score is unchanged) entries whose session is gone, and every write takes a few entries older than
+TTL + a minute out of the listing and the index; the index keys themselves expire a minute after the last write of
+a session in them.
 
 The reads (key names, sessions, the listing, messages, the summary) are in `redis_reads`.
 
@@ -65,7 +73,7 @@ a page of the listing 2 (index, then the sessions' reads; +1 when it removes dea
 """
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -98,9 +106,9 @@ from memsvc.stores.base import (
 )
 from memsvc.stores.redis_client import Client, masked_url
 from memsvc.stores.redis_fork import RedisForks
+from memsvc.stores.redis_index import INDEX_GRACE_SECONDS, RedisIndex
 from memsvc.stores.redis_lua import Arg
 from memsvc.stores.redis_reads import RedisKeys, RedisReads, as_bytes, session_record
-from memsvc.stores.redis_scripts import INDEX_GRACE_SECONDS
 from memsvc.stores.redis_transfer import RedisTransfers
 from memsvc.stores.redis_transport import transport_for
 
@@ -147,6 +155,7 @@ class RedisStore(RedisReads):
         self._max_messages = self._limits.max_messages
         self._tenant_keys: dict[str, RedisKeys] = {}
         self._reject_full = '1' if self._limits.reject_full else '0'
+        self._index = RedisIndex(self._redis, settings.indexed_keys(), self._ttl, self._cutoff)
         self.forks = RedisForks(self)
         self._transfers = RedisTransfers(self)
 
@@ -209,6 +218,7 @@ class RedisStore(RedisReads):
             metadata=record.metadata,
             version=str(record.version),
             max_sessions=self._limits.max_sessions,
+            entries='' if self._index_beside else self._index.names_text(keys.index, record.metadata),
         )
         reply = await self._redis.script(call)
         status, rest = _answer(record.id, reply)
@@ -220,7 +230,8 @@ class RedisStore(RedisReads):
             created_at, metadata = as_bytes(rest[0]).split(b'\n', 1)
             return session_record(record.id, created_at, created_at, metadata, 0)
         if self._index_beside:
-            await self._touch_index(keys, record.id, to_micros(record.updated_at))
+            names = self._index.names(keys.index, record.metadata)
+            await self._index.touch(keys.index, record.id, to_micros(record.updated_at), added=names)
         return record
 
     async def update_metadata(
@@ -233,7 +244,9 @@ class RedisStore(RedisReads):
         expected_version: int | None = None,
     ) -> SessionRecord | None:
         """Optimistic: read, `apply` here, then a script sets the result only if the metadata is unchanged,
-        else retries. It compares the metadata itself, not the version, so appends never force a retry."""
+        else retries. It compares the metadata itself, not the version, so appends never force a retry. On a single
+        Redis the script moves the session between the index's sets too; on Cluster the index is changed before and
+        after it (`RedisIndex.metadata_changing`, `metadata_set`)."""
         keys = self._keys(tenant)
         session = self._session(keys, session_id, now, expected_version)
         meta = keys.meta(session_id)
@@ -243,15 +256,19 @@ class RedisStore(RedisReads):
                 return None
             current = as_bytes(found)
             new = apply(current)
-            status, rest = _answer(
-                session_id, await self._redis.script(lua.SET_METADATA.bind(session, seen=current, new=new))
-            )
+            leaving: list[str] = []
+            if self._index_beside:
+                leaving = await self._index.metadata_changing(keys.index, session_id, current, new, to_micros(now))
+            entries = '' if self._index_beside else self._index.names_text(keys.index, new)
+            call = lua.SET_METADATA.bind(session, seen=current, new=new, entries=entries)
+            # (A refused or lost compare-and-set leaves the sets joined above as extra entries, which reads drop.)
+            status, rest = _answer(session_id, await self._redis.script(call))
             if status == b'gone':
                 return None
             if status == b'ok':
                 created_at, updated_at, version, forked_from = rest
                 if self._index_beside:
-                    await self._touch_index(keys, session_id, int(updated_at))
+                    await self._index.metadata_set(keys.index, meta, session_id, int(updated_at), leaving)
                 return session_record(session_id, created_at, updated_at, new, version, forked_from or None)
         raise BackendUnavailable(f'session {session_id!r} is being updated too often to apply this change; retry')
 
@@ -269,7 +286,7 @@ class RedisStore(RedisReads):
         reply = await self._redis.script(call)
         status, _ = _answer(session_id, reply)
         if status == b'ok' and self._index_beside:
-            await self._redis.command('ZREM', keys.sessions(), session_id)
+            await self._index.unindex(keys.index, [session_id])
         return status == b'ok'
 
     async def append_messages(
@@ -293,7 +310,7 @@ class RedisStore(RedisReads):
         )
         if self._index_beside:  # the index update goes with the script: one round-trip time
             await self._check_room(keys, session_id)
-            reply, _ = await _both(self._redis.script(call), self._touch_index(keys, session_id, to_micros(now)))
+            reply, _ = await _both(self._redis.script(call), self._index.touch(keys.index, session_id, to_micros(now)))
         else:
             reply = await self._redis.script(call)
         status, rest = _answer(session_id, reply)
@@ -332,7 +349,7 @@ class RedisStore(RedisReads):
             return Summarized(recorded, int(version))
         updated_at, version = rest
         if self._index_beside:
-            await self._touch_index(keys, session_id, int(updated_at))
+            await self._index.touch(keys.index, session_id, int(updated_at))
         return Summarized(summary, int(version))
 
     async def delete_summary(
@@ -355,7 +372,7 @@ class RedisStore(RedisReads):
             return Summarized(b'', int(as_bytes(rest[0])))
         updated_at, version = rest
         if self._index_beside:
-            await self._touch_index(keys, session_id, int(updated_at))
+            await self._index.touch(keys.index, session_id, int(updated_at))
         return Summarized(b'', int(version))
 
     async def clear_messages(
@@ -369,7 +386,7 @@ class RedisStore(RedisReads):
             return None
         updated_at, version = rest
         if self._index_beside:
-            await self._touch_index(keys, session_id, int(updated_at))
+            await self._index.touch(keys.index, session_id, int(updated_at))
         return int(version)
 
     async def fork_session(
@@ -390,7 +407,7 @@ class RedisStore(RedisReads):
             raise MessageNotFound(session_id, message_id)
         updated_at, version = rest
         if self._index_beside:
-            await self._touch_index(keys, session_id, int(updated_at))
+            await self._index.touch(keys.index, session_id, int(updated_at))
         return int(version)
 
     async def truncate_messages(
@@ -403,7 +420,7 @@ class RedisStore(RedisReads):
             return None
         deleted, updated_at, version = rest
         if self._index_beside:
-            await self._touch_index(keys, session_id, int(updated_at))
+            await self._index.touch(keys.index, session_id, int(updated_at))
         return Truncated(int(deleted), int(version))
 
     async def search(
@@ -422,18 +439,20 @@ class RedisStore(RedisReads):
     ) -> AbstractAsyncContextManager[ImportWriter]:
         return self._transfers.importing(tenant, image, replace=replace)
 
-    # Cluster only: the tenant's index, in another slot than the session (see the module docstring).
+    async def index_session(self, tenant: str, session_id: str) -> bool:
+        keys = self._keys(tenant)
+        return bool(await self._index.reindex(keys.index, keys.meta, [session_id]))
 
-    async def _touch_index(self, keys: RedisKeys, session_id: str, micros: int) -> None:
-        """Move the session's index entry up to `micros` (never down)."""
-        call = lua.TOUCH_INDEX.bind(
-            sessions=keys.sessions(),
-            session_id=session_id,
-            score=str(micros),
-            ttl=self._ttl,
-            cutoff=self._cutoff(micros),
-        )
-        await self._redis.script(call)
+    async def count_sessions(self, tenant: str) -> int:
+        """How many sessions the tenant's listing holds (those expired but not yet dropped included)."""
+        return int(await self._redis.command('ZCARD', self._keys(tenant).sessions()))
+
+    async def reindex(self, tenant: str) -> AsyncIterator[int]:
+        keys = self._keys(tenant)
+        async for done in self._index.walk(keys.index, keys.meta):
+            yield done
+
+    # Cluster only: the tenant's session limit, checked in another slot than the session (see the module docstring).
 
     async def _check_room(self, keys: RedisKeys, session_id: str) -> None:
         """The tenant's session limit, checked before a write that may create a session. Not atomic with the

@@ -25,7 +25,7 @@ Steps:
 4. Publish (`FORK_PUBLISH`, in the target's slot, atomic): the key's record and the id are checked again (an
    append or create of the id while the copy ran wins, and the fork answers 409), the hidden lists must hold
    the whole copy (else 503: they expired), then they are renamed to the new session's lists and its meta,
-   summary, TTLs, index entry (single Redis) and Idempotency-Key record are written. On Cluster the index is
+   summary, TTLs, index entries (single Redis) and Idempotency-Key record are written. On Cluster the index is
    updated right after, as for a create: this step is the only one that spans two slots.
 
 A fork that fails on the way deletes its hidden lists; one that stops (a crash, a lost connection) leaves them to
@@ -65,8 +65,8 @@ CHUNK_BYTES: Final = 512 * 1024
 FIRST_CHUNK: Final = 256
 
 # `count` messages are in the hidden lists `copy_msgs` and `copy_counts`; `next_id`, `metadata`, `forked_from`,
-# `gaps` ('' for none) and `text` (the summary, '' for none) are the new session's. 'ok'; or 'replay', 'reused',
-# 'exists', 'limit', 'lost' (the hidden lists do not hold the whole copy).
+# `gaps` ('' for none), `text` (the summary, '' for none) and `entries` (its metadata index sets) are the new
+# session's. 'ok'; or 'replay', 'reused', 'exists', 'limit', 'lost' (the hidden lists do not hold the whole copy).
 FORK_PUBLISH = Script(
     'fork_publish',
     lua.SESSION.source,
@@ -88,6 +88,7 @@ redis.call('HSET', meta, 'created_at', now, 'updated_at', now, 'metadata', metad
            'version', '0', 'forked_from', forked_from)
 if text ~= '' then redis.call('SET', summary, text) end
 if gaps ~= '' then redis.call('HSET', meta, 'gaps', gaps) end
+if sessions then change_sets(session_id, entries, '', true, now, ttl) end
 refresh(now)
 record('fork')
 return {'ok'}
@@ -108,6 +109,7 @@ return {'ok'}
         'forked_from',
         'gaps',
         'text',
+        'entries',
     ),
 )
 
@@ -272,6 +274,7 @@ class RedisForks:
             forked_from=origin,
             gaps=gaps,
             text=bytes(text),
+            entries='' if store._index_beside else store._index.names_text(keys.index, metadata),
         )
         status = bytes((await redis.script(call))[0])
         if status == b'exists':
@@ -285,7 +288,8 @@ class RedisForks:
         if status == b'lost':
             raise BackendUnavailable(f'the copy of {source!r} expired before it was published; retry')
         if store._index_beside:
-            await store._touch_index(keys, target, to_micros(fork.now))
+            names = store._index.names(keys.index, metadata)
+            await store._index.touch(keys.index, target, to_micros(fork.now), added=names)
         record = SessionRecord(target, fork.now, fork.now, metadata, 0, origin)
         return StoredSession(record, json_array(copied) if with_messages else b'[]')
 

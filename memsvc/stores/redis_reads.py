@@ -14,19 +14,22 @@ from memsvc.errors import SummaryNotFound
 from memsvc.models import SessionRecord, StoredSession, from_micros, json_array
 from memsvc.stores import redis_scripts as lua
 from memsvc.stores.base import CountedPage, ListCursor, MessageRange, WindowRead
+from memsvc.stores.index import Where, matches
+from memsvc.stores.redis_index import IndexKeys, RedisIndex
 from memsvc.stores.redis_lua import Script
 from memsvc.stores.redis_transport import Transport
 
 
 class RedisKeys:
-    """The one place key names are built."""
+    """The one place key names are built (with `IndexKeys`, the listing's and the metadata index's, `index`)."""
 
-    __slots__ = ('prefix', 'tenant')
+    __slots__ = ('index', 'prefix', 'tenant')
 
     def __init__(self, prefix: str, tenant: str) -> None:
         if any(c in tenant for c in '{}'):
             raise ValueError(f'tenant {tenant!r} cannot be part of a Redis key')
         self.prefix, self.tenant = prefix, tenant
+        self.index = IndexKeys(f'{prefix}:{tenant}:sessions')
 
     def meta(self, session_id: str) -> str:
         return f'{self.prefix}:{{{self.tenant}/{session_id}}}:meta'
@@ -45,7 +48,7 @@ class RedisKeys:
         return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idem:{key}'
 
     def sessions(self) -> str:
-        return f'{self.prefix}:{self.tenant}:sessions'
+        return self.index.sessions
 
     def events(self, session_id: str) -> str:
         """The session's wake-up channel, which its scripts publish to (`redis_scripts.NOTIFY`)."""
@@ -144,6 +147,7 @@ class RedisReads:
     _redis: Transport
     _prefix: str
     _tenant_keys: dict[str, RedisKeys]
+    _index: RedisIndex
 
     def _keys(self, tenant: str) -> RedisKeys:
         """The tenant's key names; one `RedisKeys` per tenant (tenants are the configured API keys' few)."""
@@ -166,33 +170,41 @@ class RedisReads:
         return StoredSession(session_record(session_id, *fields), b'[]' if messages is None else json_array(messages))
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool, where: Where = ()
     ) -> tuple[list[StoredSession], bool]:
+        """Walks the listing, or with `where` the smallest of its sets, and reads each session found; what the index
+        found is checked against the session read: an entry whose session is gone or (Cluster, after a stop in the
+        middle of a PATCH) no longer matches is never returned, the walk reads further to fill the page, and the
+        entry is repaired (`redis_index.REPAIR`)."""
         keys = self._keys(tenant)
+        walked = keys.sessions() if not where else await self._index.candidates_key(keys.index, where)
+        if walked is None:
+            return [], False
         found: list[StoredSession] = []
-        stale: list[str] = []
+        wrong: list[str] = []
         position = after
         while len(found) <= limit:
             want = limit + 1 - len(found)
-            candidates = await self._index_page(keys, position, want)
+            candidates = await self._index_page(walked, position, want)
             if not candidates:
                 break
             sessions = await self._read_many(keys, [sid for sid, _ in candidates], with_messages)
             for (sid, score), session in zip(candidates, sessions, strict=True):
                 if session is None:
-                    stale += [sid, str(score)]
+                    wrong += [sid, str(score), 'gone']
+                elif where and not matches(session.record.metadata, where):
+                    wrong += [sid, str(score), 'off']
                 else:
                     found.append(session)
             position = (candidates[-1][1], candidates[-1][0])
             if len(candidates) < want:
                 break
-        if stale:
-            await self._redis.script(lua.REMOVE_STALE.bind(sessions=keys.sessions(), entries=stale))
+        await self._index.repair(keys.index, walked, wrong)
         return found[:limit], len(found) > limit
 
-    async def _index_page(self, keys: RedisKeys, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
-        """Up to `want` index entries after the position `after`, newest first, ties by id descending."""
-        index = keys.sessions()
+    async def _index_page(self, index: str, after: ListCursor | None, want: int) -> list[tuple[str, int]]:
+        """Up to `want` entries of the listing or set `index` after the position `after`, newest first, ties by id
+        descending."""
         if after is None:
             rows = _pairs(await self._redis.command('ZREVRANGE', index, 0, want - 1, 'WITHSCORES'))
             return [(as_bytes(member).decode(), int(score)) for member, score in rows]

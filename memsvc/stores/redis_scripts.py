@@ -5,23 +5,8 @@ Times, ids and scores travel as decimal strings: Lua numbers are doubles that Re
 14 significant digits, which is too few for microseconds since the epoch.
 """
 
+from memsvc.stores.redis_index import INDEX
 from memsvc.stores.redis_lua import Prefix, Script
-
-INDEX_GRACE_SECONDS = 60
-"""How much longer than the TTL index entries and the index key live: a margin for clock skew."""
-
-
-INDEX = f"""
-local function index(key, member, score, ttl, cutoff, gt)
-  if gt then redis.call('ZADD', key, 'GT', score, member) else redis.call('ZADD', key, score, member) end
-  if ttl > 0 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
-    redis.call('EXPIRE', key, ttl + {INDEX_GRACE_SECONDS})
-  else
-    redis.call('PERSIST', key)
-  end
-end
-"""
 
 # Wakes the requests that wait on the session (`memsvc.events`): publishes `kind data` to the session's channel,
 # `{p}:{<tenant>/<id>}:events`, made from the meta key (same hash tag, so on Cluster the shard channel is in the
@@ -35,11 +20,11 @@ local function notify(kind, data)
 end
 """
 
-# The session scripts. `sessions` is the tenant's index, given on a single Redis only (on Cluster it is in
-# another slot). `expected` is the If-Match version: '' none, '*' any, or the number; `fingerprint` '' when
-# there is no Idempotency-Key. Each answers a table led by a status: 'ok' …, 'replay' <recorded result>,
-# 'reused' (same key, other request), 'stale' <current version or ''>, 'gone' (no such session), 'exists'
-# (create of a taken id), 'changed' (compare-and-set lost a race).
+# The session scripts. `sessions` is the tenant's listing, given on a single Redis only (on Cluster it and the
+# metadata index are in another slot, `redis_index`). `expected` is the If-Match version: '' none, '*' any, or the
+# number; `fingerprint` '' when there is no Idempotency-Key. Each answers a table led by a status: 'ok' …,
+# 'replay' <recorded result>, 'reused' (same key, other request), 'stale' <current version or ''>, 'gone' (no such
+# session), 'exists' (create of a taken id), 'changed' (compare-and-set lost a race).
 SESSION = Prefix(
     'session',
     INDEX,
@@ -51,7 +36,7 @@ local function refresh(updated)
   for _, key in ipairs({meta, msgs, counts, summary}) do
     if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
   end
-  if sessions then index(sessions, session_id, updated, ttl, cutoff, false) end
+  if sessions then index(session_id, updated, ttl, cutoff, false) end
 end
 local function recorded()  -- the answer recorded for this Idempotency-Key, if any
   if fingerprint == '' then return nil end
@@ -208,6 +193,7 @@ return {'ok', next_id, version}
     args=('max_messages', 'reject_full', 'max_sessions', '*bodies'),
 )
 
+# `entries`: the metadata index's sets the session joins (`redis_index`), one a line.
 # 'ok', 'exists' or 'limit'. The recorded result: created_at, then the metadata, on two lines.
 CREATE = Script(
     'create',
@@ -220,15 +206,17 @@ if not room() then return {'limit'} end
 redis.call('DEL', msgs, counts, summary)
 redis.call('HSET', meta, 'created_at', created_at, 'updated_at', now, 'metadata', metadata, 'next_id', '1',
            'version', version)
+if sessions then change_sets(session_id, entries, '', true, now, ttl) end
 refresh(now)
 record(created_at .. '\\n' .. metadata)
 return {'ok'}
 """,
     prefix=SESSION,
-    args=('created_at', 'metadata', 'version', 'max_sessions'),
+    args=('created_at', 'metadata', 'version', 'max_sessions', 'entries'),
 )
 
-# Compare-and-set: `seen` is the metadata `apply` saw, `new` its result.
+# Compare-and-set: `seen` is the metadata `apply` saw, `new` its result, `entries` the index sets of `new` (one a
+# line; a single Redis moves the session between sets here).
 # 'ok', created_at, updated_at, version, forked_from ('' when none); or 'gone', 'stale', 'changed' (the metadata
 # changed meanwhile).
 SET_METADATA = Script(
@@ -241,12 +229,13 @@ if answer then return answer end
 if state[1] ~= seen then return {'changed'} end
 local updated = later(state[3], now)
 redis.call('HSET', meta, 'metadata', new, 'updated_at', updated)
+if sessions then change_sets(session_id, entries, '', true, updated, ttl) end
 local version = redis.call('HINCRBY', meta, 'version', 1)
 refresh(updated)
 return {'ok', state[4], updated, version, state[5] or ''}
 """,
     prefix=SESSION,
-    args=('seen', 'new'),
+    args=('seen', 'new', 'entries'),
 )
 
 # Removes the messages, their records and the summary, which covers messages that are gone.
@@ -273,47 +262,19 @@ return {'ok', updated, version}
 # 'ok', 'gone' or 'stale' <current version>.
 DELETE = Script(
     'delete',
+    INDEX,
     NOTIFY,
     """
 local version = redis.call('HGET', meta, 'version')
 if not version then return {'gone'} end
 if expected ~= '' and expected ~= '*' and expected ~= version then return {'stale', version} end
 redis.call('DEL', meta, msgs, counts, summary)
-if sessions then redis.call('ZREM', sessions, session_id) end
+if sessions then unindex(session_id) end
 notify('deleted')
 return {'ok'}
 """,
     keys=('meta', 'msgs', 'counts', 'summary', 'sessions?'),
     args=('session_id', 'expected'),
-)
-
-# Cluster only: the index update that a single Redis does inside the session scripts. Never moves an entry down.
-TOUCH_INDEX = Script(
-    'touch_index',
-    INDEX,
-    """
-index(sessions, session_id, score, tonumber(ttl), cutoff, true)
-return 1
-""",
-    keys=('sessions',),
-    args=('session_id', 'score', 'ttl', 'cutoff'),
-)
-
-# `entries` = id, score, id, score, ... Removes each entry that still has the score it was seen with.
-REMOVE_STALE = Script(
-    'remove_stale',
-    """
-local removed = 0
-for i = entries_from, #ARGV, 2 do
-  local score = redis.call('ZSCORE', sessions, ARGV[i])
-  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
-    removed = removed + redis.call('ZREM', sessions, ARGV[i])
-  end
-end
-return removed
-""",
-    keys=('sessions',),
-    args=('*entries',),
 )
 
 # `limit`, `before`, `after`: '' = not given. Same arithmetic as the memory store. Returns the messages

@@ -22,12 +22,13 @@ a chunk at a time (one MULTI/EXEC of RPUSH and EXPIRE), and `IMPORT_PUBLISH` mak
 step: it checks that the id is free (or, replacing, takes the place of the session there: its lists UNLINKed, so
 Redis frees them in the background), that the hidden lists hold every message written, and the tenant's session
 limit; renames the lists, writes the meta (the line's created_at and updated_at, version 0, or the replaced session's
-+ 1), the summary, the TTLs and the index entry (scored by the line's updated_at). On Cluster the index is updated
-right after, as for a create. An import that fails drops its hidden lists; one that stops leaves them to expire.
++ 1), the summary, the TTLs and the listing's and metadata index's entries (scored by the line's updated_at). On
+Cluster the index is updated right after, as for a create. An import that fails drops its hidden lists; one that
+stops leaves them to expire.
 
 The idle TTL (`MEMSVC_SESSION_TTL_SECONDS`): an imported session's keys expire when it would have expired had it been
 here all along, its updated_at + the TTL, and a session idle for longer is refused (`SessionExpired`). The index drops
-entries older than the TTL (`redis_scripts.INDEX`) by their score, the updated_at: keys living longer than that would
+entries older than the TTL (`redis_index.INDEX`) by their score, the updated_at: keys living longer than that would
 be a session that no listing and no export finds.
 """
 
@@ -108,7 +109,10 @@ if text ~= '' then redis.call('SET', summary, text) end
 for _, key in ipairs({meta, msgs, counts, summary}) do
   if tonumber(expire) > 0 then redis.call('EXPIRE', key, expire) else redis.call('PERSIST', key) end
 end
-if sessions then index(sessions, session_id, updated_at, ttl, cutoff, false) end
+if sessions then
+  change_sets(session_id, entries, '', true, updated_at, ttl)
+  index(session_id, updated_at, ttl, cutoff, false)
+end
 if version then notify('deleted') end
 return {'ok'}
 """,
@@ -132,6 +136,7 @@ return {'ok'}
         'forked_from',
         'gaps',
         'text',
+        'entries',
     ),
 )
 
@@ -273,6 +278,7 @@ class RedisImport:
             forked_from=record.forked_from,
             gaps=ids.format(gaps),
             text=image.summary,
+            entries='' if store._index_beside else store._index.names_text(keys.index, record.metadata),
         )
         status = as_bytes((await self._redis.script(call))[0])
         if status == b'exists':
@@ -283,4 +289,5 @@ class RedisImport:
             raise BackendUnavailable(f'the import of {session_id!r} expired before it was published; import again')
         self.published = True
         if store._index_beside:
-            await store._touch_index(keys, session_id, to_micros(record.updated_at))
+            names = store._index.names(keys.index, record.metadata)
+            await store._index.touch(keys.index, session_id, to_micros(record.updated_at), added=names, replace=True)

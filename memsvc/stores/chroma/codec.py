@@ -6,7 +6,9 @@ Two collections per `MEMSVC_KEY_PREFIX` `p` (so deployments, and tests, sharing 
                    metadata: tenant, session_id, created_at and updated_at (µs since the epoch), metadata (the
                    session's metadata, JSON-encoded into one string), first_id, next_id, version, summary (as the
                    API answers it; '' or absent: none), gaps (`stores.gaps`: the ids between first_id and next_id
-                   that are not stored, e.g. "6:11,15:16"; '' or absent: none).
+                   that are not stored, e.g. "6:11,15:16"; '' or absent: none), and `metadata.<key>` for each
+                   indexed key (`MEMSVC_INDEXED_METADATA`) whose value is a string in the session's metadata: the
+                   metadata index, which a filtered listing asks Chroma for (absent: no string value).
                    Also one record per Idempotency-Key, id `idempotency:<tenant>/<session id>/<key digest>`,
                    metadata: idem_tenant, idem_session, fingerprint, expires (µs) and the recorded result. It has
                    no `tenant` key, so listings never see it.
@@ -16,8 +18,9 @@ Two collections per `MEMSVC_KEY_PREFIX` `p` (so deployments, and tests, sharing 
                    exact bytes `append_messages` returned), attempt (the nonce of the append that wrote it),
                    record (`memsvc.context.record`; absent on messages stored before records were)
 
-Chroma metadata is flat and has a fixed set of keys here: a client's metadata objects (of sessions and messages)
-are JSON-encoded into one string field, never spread into Chroma keys or lists, so Chroma's breakage on metadata
+Chroma metadata is flat and has a fixed set of keys here (the indexed keys are the operator's few): a client's
+metadata objects (of sessions and messages) are JSON-encoded into one string field, never spread into Chroma keys or
+lists, so Chroma's breakage on metadata
 with more than 5,461 keys or list elements cannot happen whatever a client sends. Tenants are a metadata filter
 (and part of every record id).
 """
@@ -37,6 +40,8 @@ from memsvc.errors import BackendUnavailable, NotSupported
 from memsvc.models import SessionRecord, from_micros, to_micros, utc_now
 from memsvc.stores import gaps as ids
 from memsvc.stores.base import Idempotency, MessageRange
+from memsvc.stores.index import Where as Filter
+from memsvc.stores.index import entries
 
 Meta = Mapping[str, object]
 """The metadata of one Chroma record, as Chroma returns it."""
@@ -76,6 +81,24 @@ class Layout:
 def where(*clauses: Where) -> Where:
     """All of `clauses` (Chroma refuses an `$and` of one)."""
     return clauses[0] if len(clauses) == 1 else {'$and': list(clauses)}
+
+
+INDEX_FIELD = 'metadata.'
+"""The prefix of the session record's metadata index fields."""
+
+
+def index_fields(metadata: bytes, indexed: Sequence[str], stale: Sequence[str] = ()) -> dict[str, str | None]:
+    """The metadata index fields of a session record with this metadata: each indexed key's string value, None (which
+    removes a field Chroma holds: its writes merge metadata) for an indexed key without one and for the `stale` fields
+    (of keys no longer indexed)."""
+    found = dict(entries(metadata, indexed))
+    fields: dict[str, str | None] = {INDEX_FIELD + key: found.get(key) for key in indexed}
+    fields.update((name, None) for name in stale if name.removeprefix(INDEX_FIELD) not in indexed)
+    return fields
+
+
+def index_clauses(filter: Filter) -> list[Where]:
+    return [{INDEX_FIELD + key: value} for key, value in filter]
 
 
 def session_record_id(tenant: str, session_id: str) -> str:
@@ -186,9 +209,10 @@ class SessionRow:
             self.gaps if gaps is None else gaps,
         )
 
-    def metadata(self, tenant: str) -> dict[str, str | int]:
+    def metadata(self, tenant: str, indexed: Sequence[str]) -> dict[str, str | int | None]:
         record = self.record
         return {
+            **index_fields(record.metadata, indexed),
             'tenant': tenant,
             'session_id': record.id,
             'created_at': to_micros(record.created_at),

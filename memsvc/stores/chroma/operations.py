@@ -124,6 +124,10 @@ class Chroma:
             documents=None if documents is None else list(documents),
         )
 
+    def update(self, spec: CollectionSpec, *, ids: Sequence[str], metadatas: Sequence[Meta]) -> None:
+        """Set these metadata fields of the records (Chroma merges them into what each holds; None removes one)."""
+        self._collection(spec).update(ids=list(ids), metadatas=cast(Any, list(metadatas)))
+
     def delete(self, spec: CollectionSpec, *, ids: Sequence[str] | None = None, where: Where | None = None) -> None:
         self._collection(spec).delete(ids=None if ids is None else list(ids), where=cast(Any, where))
 

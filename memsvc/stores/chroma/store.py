@@ -34,7 +34,7 @@ transport. A write, once started, runs to its end even if its request is cancell
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -90,11 +90,13 @@ from memsvc.stores.chroma.codec import (
     where,
 )
 from memsvc.stores.chroma.fork import ChromaForks
+from memsvc.stores.chroma.index import ChromaIndex
 from memsvc.stores.chroma.operations import IDS_PER_CALL, Chroma, chunks
 from memsvc.stores.chroma.search import Search
 from memsvc.stores.chroma.transfer import ChromaTransfers
 from memsvc.stores.chroma.transport import Transport
 from memsvc.stores.chroma.writes import Writes
+from memsvc.stores.index import Where as Filter
 
 if TYPE_CHECKING:
     from memsvc.embeddings import Embedder, Vectors
@@ -112,6 +114,7 @@ class ChromaStore:
         self, transport: Transport, embedder: 'Embedder', executor: ThreadPoolExecutor, settings: Settings
     ) -> None:
         self._layout = Layout.for_prefix(settings.key_prefix)
+        self._indexed = settings.indexed_keys()
         self._chroma = transport.run
         self._where = transport.where
         self._search = Search(transport, self._layout)
@@ -121,6 +124,7 @@ class ChromaStore:
         self._writes = Writes()
         self.forks = ChromaForks(self)
         self._transfers = ChromaTransfers(self)
+        self.index = ChromaIndex(self)
 
     async def open(self) -> None:
         """Create (or find) the collections; raises `BackendUnavailable` naming the Chroma when it does not answer."""
@@ -151,7 +155,7 @@ class ChromaStore:
             self._layout.sessions,
             ids=[record_id],
             embeddings=placeholder(record_id),
-            metadatas=[row.metadata(tenant)],
+            metadatas=[row.metadata(tenant, self._indexed)],
         )
 
     async def _delete_messages(
@@ -278,19 +282,22 @@ class ChromaStore:
         return None if row is None else await self._stored(tenant, row, with_messages)
 
     async def list_sessions(
-        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool
+        self, tenant: str, *, limit: int, after: ListCursor | None, with_messages: bool, where: Filter = ()
     ) -> tuple[list[StoredSession], bool]:
-        """Reads the metadata of the tenant's sessions up to the cursor and sorts them here: Chroma cannot sort."""
-        clauses: list[Where] = [{'tenant': tenant}]
-        if after is not None:
-            clauses.append({'updated_at': {'$lte': after[0]}})
-        found = await self._chroma(Chroma.get, self._layout.sessions, where=where(*clauses))
-        rows = [SessionRow.from_metadata(meta) for meta in found.metadatas]
-        if after is not None:  # tuple order: an earlier time, or the same time and a smaller id
-            rows = [row for row in rows if (to_micros(row.record.updated_at), row.record.id) < after]
-        rows.sort(key=lambda row: (to_micros(row.record.updated_at), row.record.id), reverse=True)
+        """Reads the metadata of the tenant's sessions up to the cursor (with a filter, of those Chroma finds by the
+        metadata index fields, `codec.index_fields`) and sorts them here: Chroma cannot sort."""
+        rows = await self.index.rows(tenant, after, where)
         page = [await self._stored(tenant, row, with_messages) for row in rows[:limit]]
         return page, len(rows) > limit
+
+    async def index_session(self, tenant: str, session_id: str) -> bool:
+        return await self._writes.locked(tenant, session_id, self.index.index_session)
+
+    async def count_sessions(self, tenant: str) -> int:
+        return await self.index.count(tenant)
+
+    def reindex(self, tenant: str) -> AsyncIterator[int]:
+        return self.index.reindex(tenant)
 
     async def update_metadata(
         self,
