@@ -18,6 +18,7 @@ the headers (`Cache-Control: no-cache`, `X-Accel-Buffering: no`) and a comment l
 """
 
 import asyncio
+import functools
 import logging
 
 from aiohttp import web
@@ -116,11 +117,12 @@ class EventStream:
     async def _catch_up(self, before: int | None) -> bool:
         """Send the stored messages after the last one sent (below `before`); False when the session is gone
         (then `deleted` was sent)."""
+        manager, key = self.manager, self.listener.key
         while True:
-            try:
-                page = await self.manager.read_messages(
-                    self.tenant, self.session_id, MessageRange(limit=PAGE, before=before, after=self.last)
-                )
+            selection = MessageRange(limit=PAGE, before=before, after=self.last)
+            try:  # the streams of this session that sent the same last id read once (`shared_reads`)
+                read = functools.partial(manager.read_messages, self.tenant, self.session_id, selection)
+                page = await self.hub.reads.read(key, ('stream', selection), read)
             except SessionNotFound:
                 await self._event(b'deleted', b'{}')
                 return False
@@ -162,9 +164,10 @@ async def wait_for_messages(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     async with hub.listen(tenant, session_id) as listener:
+        what, read = ('long-poll', selection), functools.partial(manager.get_messages, tenant, session_id, selection)
         while True:
             listener.take()  # a wake-up from now on ends the wait below at once
-            messages = await manager.get_messages(tenant, session_id, selection)
+            messages = await hub.reads.read(listener.key, what, read)
             remaining = deadline - loop.time()
             if messages != b'[]' or remaining <= 0 or hub.closing:
                 return messages

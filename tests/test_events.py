@@ -279,3 +279,41 @@ async def test_a_stream_whose_client_vanished_is_cleaned_up(
     response.close()
     await eventually(_no_streams(client), 'the stream of a vanished client is cleaned up')
     assert client.app[HUB].listening() == 0
+
+
+async def _store_reads(client: Client, operation: str) -> float:
+    metrics = await (await client.get('/metrics')).text()
+    counts = samples(metrics, 'memsvc_store_operation_duration_seconds_count')
+    return counts.get((('operation', operation),), 0.0)
+
+
+async def test_the_requests_one_write_wakes_share_one_store_read(
+    request: pytest.FixtureRequest, aiohttp_client: AiohttpClient
+) -> None:
+    """20 streams and 5 long-polls of one session, all after the same id: one append wakes them all; the streams
+    read the store for it once, the long-polls once (`memsvc.shared_reads`), and every one of them gets it."""
+    client = await _app(aiohttp_client, 'in_memory', request)
+    first = await _append(client, 'fan', 'one')
+    streams = []
+    for _ in range(20):  # one by one: each stream's own first read is done when its headers come
+        response = await client.get(f'{API}/sessions/fan/events')
+        assert response.status == 200
+        streams.append(response)
+    polls = []
+    for n in range(5):  # one by one too: each long-poll's first read ([]) is its own
+        polls.append(asyncio.ensure_future(client.get(f'{API}/sessions/fan/messages?after={first["id"]}&wait=60')))
+
+        async def waiting(count: float = n + 1.0) -> bool:
+            return await _store_reads(client, 'get_messages') == count
+
+        await eventually(waiting, 'the long-poll read once and waits')
+    before = await _store_reads(client, 'get_counted_messages')
+    second = await _append(client, 'fan', 'two')
+    for response in streams:
+        event = await asyncio.wait_for(anext(events(response.content)), 20)
+        assert (event.kind, event.id) == ('message', str(second['id']))
+        response.close()
+    for poll in polls:
+        assert await (await asyncio.wait_for(poll, 20)).json() == [second]
+    assert await _store_reads(client, 'get_counted_messages') == before + 1, 'the streams shared one read'
+    assert await _store_reads(client, 'get_messages') == 5 + 1, 'the long-polls shared one read'

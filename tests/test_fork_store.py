@@ -220,3 +220,31 @@ async def test_appends_to_the_source_during_the_copy_do_not_matter(store: Store)
     forked = await store.fork_session(T, fork_of('src', 'target', 5_000))
     assert forked is not None
     assert ids(forked.messages) == list(range(1, 5_001))
+
+
+@pytest.mark.parametrize('store_kind', REDIS_KINDS)
+async def test_messages_deleted_behind_the_copy_move_the_rest_and_the_copy_finds_them(store: Store) -> None:
+    """A chunk is read by position; a delete of a message already copied moves those still to copy (and the first
+    has no record, so the records move otherwise): the copy reads them where they are, each with its record."""
+    await store.append_messages(T, 'src', [body('no record 1'), body('no record 2')], utc_now())
+    for start in range(3, 3_003, 1_000):
+        numbers = range(start, start + 1_000)
+        await store.append_messages(T, 'src', [body(f'm{n}') for n in numbers], utc_now(), records=list(numbers))
+    deleted: list[int] = []
+
+    async def delete_behind(copied: int) -> None:
+        if not deleted:
+            deleted.extend((1, 100))  # both in the first chunk, already copied
+            for message_id in deleted:
+                assert await store.delete_message(T, 'src', message_id, utc_now()) is not None
+
+    hook_of(store).chunk_written = delete_behind
+    assert await store.fork_session(T, fork_of('src', 'f'), with_messages=False) is not None
+    forked = await store.get_counted_messages(T, 'f', MessageRange())
+    source = await store.get_counted_messages(T, 'src', MessageRange())
+    assert forked is not None
+    assert source is not None
+    assert deleted == [1, 100]
+    assert [record for _, record in forked.messages] == [0, 0, *range(3, 3_003)]
+    assert ids([raw for raw, _ in forked.messages]) == list(range(1, 3_003)), 'the fork is the copy as it was read'
+    assert [m for m in forked.messages if orjson.loads(m[0])['id'] not in deleted] == source.messages

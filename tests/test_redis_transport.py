@@ -6,8 +6,9 @@ changes any of that: then the redis-py pin in pyproject.toml must not be raised 
 """
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import metadata
+from typing import Any, cast
 
 import hiredis
 import pytest
@@ -87,3 +88,14 @@ async def test_a_batch_through_the_coalescer_answers_each_caller(client: Redis) 
         await wrong
     assert isinstance(failed.value.__cause__, ResponseError)
     assert await coalescer.command('DEL', 'transport:batch') == 1
+
+
+def test_a_long_command_is_packed_as_hiredis_packs_it() -> None:
+    """Past `LONG_COMMAND` arguments the transport packs a transaction's command itself (a fork's chunk of
+    messages): the same bytes as hiredis for every kind of argument it sends."""
+    command = ('RPUSH', 'k:{é}', *[b'm' * 400] * 100, *range(-3, 30), 1.5, 1e20, 1 / 3, 'ünï', b'')
+    assert len(command) > redis_transport.LONG_COMMAND
+    hiredis_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)  # its stubs take a 1-tuple
+    assert redis_transport.pack_any(command) == hiredis_pack(command)
+    short = ('SET', 'k', 1.5)
+    assert redis_transport.pack_any(short) == hiredis_pack(short)

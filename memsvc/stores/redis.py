@@ -144,7 +144,7 @@ class RedisStore(RedisReads):
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.client = client
-        """For `memsvc.events.RedisWakeups`, which opens its own connections like the client's."""
+        """For `memsvc.redis_wakeups.RedisWakeups`, which opens its own connections like the client's."""
         self._redis = transport_for(client, settings)
         # Asked once: on Cluster the tenant's index is updated beside the session scripts (module docstring).
         self._index_beside = self._redis.spans_slots

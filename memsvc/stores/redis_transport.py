@@ -32,6 +32,32 @@ Command = tuple[Arg, ...]
 """One command and its arguments, e.g. `('LRANGE', key, -20, -1)`."""
 
 pack_command = cast(Callable[[Command], bytes], hiredis.pack_command)  # its stubs take a 1-tuple
+LONG_COMMAND = 128
+"""Past this many arguments `pack_any` packs a command itself rather than with hiredis."""
+
+
+def pack_any(command: Command) -> bytes:
+    """`command` in RESP, as `pack_command` (hiredis) packs it, also fast when it is long: hiredis is the faster for
+    the usual short command, but its time grows faster than the bytes it packs (a fork's RPUSH of 1,000 messages of
+    400 B: 0.8 ms, one join 0.2 ms). For the transactions; a script's or a command's call stays on hiredis alone."""
+    if len(command) <= LONG_COMMAND:
+        return pack_command(command)
+    parts = [b'*%d\r\n' % len(command)]
+    for arg in command:
+        value = arg if type(arg) is bytes else _encoded(arg)
+        parts += (b'$%d\r\n' % len(value), value, b'\r\n')
+    return b''.join(parts)  # the one copy of the arguments
+
+
+def _encoded(arg: Arg) -> bytes:
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, float):
+        return repr(arg).encode()
+    if isinstance(arg, int):
+        return b'%d' % arg
+    return bytes(arg)
+
 
 CLIENT_ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -145,7 +171,7 @@ class Coalescer:
         return self._queue_entry(pack_command(command), 1, None, [])
 
     def transaction(self, *commands: Command) -> asyncio.Future[Any]:
-        packed = b''.join((_MULTI, *map(pack_command, commands), _EXEC))
+        packed = b''.join((_MULTI, *map(pack_any, commands), _EXEC))
         return self._queue_entry(packed, len(commands) + 2, None, [])
 
     commands = transaction
