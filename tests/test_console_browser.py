@@ -144,6 +144,41 @@ def test_the_list_shows_sessions_newest_first_and_pages(console: Console) -> Non
     expect(again.locator('article.msg')).to_have_count(4)
 
 
+def test_a_filter_by_an_indexed_key_narrows_the_list_and_a_key_not_indexed_is_refused_visibly(
+    console: Console,
+) -> None:
+    console.api.create('alice-old', user_id='alice')
+    console.api.create('bob-1', user_id='bob')
+    console.api.create('alice-new', user_id='alice')
+    page = console.page()
+    expect(page.locator('table.sessions a.session-link')).to_have_text(['alice-new', 'bob-1', 'alice-old'])
+
+    form = page.get_by_role('search', name='Filter by metadata')
+    form.get_by_label('Metadata key').fill('user_id')
+    form.get_by_label('is').fill('alice')
+    form.get_by_role('button', name='Filter').click()
+    expect(page.locator('table.sessions a.session-link')).to_have_text(['alice-new', 'alice-old'])
+    expect(page.locator('p.filters')).to_contain_text('user_id = alice')
+    assert page.url.endswith('metadata.user_id=alice')  # the filter is in the URL, to bookmark; the key never
+    assert console.key not in page.url
+    again = console.page('/console?metadata.user_id=alice')
+    expect(again.locator('table.sessions a.session-link')).to_have_text(['alice-new', 'alice-old'])
+
+    page.get_by_role('link', name='All sessions').click()
+    expect(page.locator('table.sessions a.session-link')).to_have_text(['alice-new', 'bob-1', 'alice-old'])
+    assert 'metadata.' not in page.url
+
+    form.get_by_label('Metadata key').fill('color')
+    form.get_by_label('is').fill('red')
+    form.get_by_role('button', name='Filter').click()
+    alert = page.locator('main [role="alert"]')
+    expect(alert).to_contain_text('400 invalid_parameter')
+    expect(alert).to_contain_text('user_id')  # the message names the indexed keys
+    expect(page.locator('table.sessions')).to_have_count(0)
+    expect(form.get_by_label('Metadata key')).to_have_value('color')  # the form stays, to change the filter
+    assert page.url.endswith('metadata.color=red')
+
+
 # --- one conversation --------------------------------------------------------------------------
 
 

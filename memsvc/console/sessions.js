@@ -2,7 +2,7 @@
 // (`?metadata.user_id=123`, the API's own query shape). The page's URL carries the filter and the cursor.
 
 import {call, conversationHref} from './api.js';
-import {arrowKeys, h, replace, when} from './dom.js';
+import {arrowKeys, errorBox, h, replace, when} from './dom.js';
 
 const PAGE = '25';
 const FILTER = 'metadata.';
@@ -13,7 +13,21 @@ export async function sessionsView(main, params) {
   const filters = [...params].filter(([name]) => name.startsWith(FILTER));
   const cursor = params.get('cursor');
   const query = [['limit', limit], ['include_messages', 'false'], ['include_message_count', 'true'], ...filters];
-  const {data, response} = await call('GET', 'sessions', {query: [...query, ['cursor', cursor]]});
+  let answer;
+  try {
+    answer = await call('GET', 'sessions', {query: [...query, ['cursor', cursor]]});
+  } catch (error) {
+    if (error.status !== 400 || filters.length === 0) throw error;
+    // a key that is not indexed (or a bad value): the refusal, with the form to change the filter
+    replace(
+      main,
+      h('h1', null, 'Sessions'),
+      h('div', {class: 'tools'}, filterForm(filters, limit), openForm()),
+      errorBox('Could not filter the sessions:', error),
+    );
+    return;
+  }
+  const {data, response} = answer;
   const next = nextCursor(response.headers.get('Link'));
 
   const deleted = params.get('deleted');
