@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument('--url', required=True, help='the memsvc to read, e.g. http://127.0.0.1:8080')
     export.add_argument('--api-key', help="the tenant's API key, when the server has keys")
     export.add_argument('-o', '--output', help='the file to write (written whole, then renamed); default: stdout')
+    export.add_argument(
+        '--metadata',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help="only the sessions whose metadata has VALUE under KEY, an indexed key (the server's "
+        'MEMSVC_INDEXED_METADATA), e.g. user_id=alice; several: all of them',
+    )
     imported = commands.add_parser('import', help='write sessions from NDJSON (what export writes) into a memsvc')
     imported.add_argument('--url', required=True, help='the memsvc to write, e.g. http://127.0.0.1:8081')
     imported.add_argument('--api-key', help="the tenant's API key, when the server has keys")

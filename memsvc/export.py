@@ -15,6 +15,12 @@ appends, and changes of metadata or summary, after the first read do not matter;
 version check on every chunk: each append moves the version, so a session in use would be read again and again; why
 not a copy taken at once (on Redis, COPY in a script): it holds Redis for as long as the session is long.
 
+A filtered export (`where`, the listing's `metadata.<key>=<value>`) takes its ids from the metadata index instead:
+every page of the filtered listing first, before any line is sent, so that it is a snapshot too (a session written
+meanwhile keeps its place rather than moving ahead of the pages still to come); it holds the ids of one person's
+sessions, not their data. Each session read is checked against the filter again, and one that no longer matches (its
+metadata changed meanwhile) is left out.
+
 A line that takes one read is sent at once. A longer one is put together in a spool (memory up to `SPOOL_BYTES`, then
 a temporary file) and sent once it is whole, so that a line read again never sends what its first reading did. What
 the export holds at a time is so bounded by a few chunks and the spool's memory, whatever the sessions hold.
@@ -31,8 +37,10 @@ import orjson
 
 from memsvc.context import message_id
 from memsvc.errors import BackendUnavailable
+from memsvc.models import to_micros
 from memsvc.stores import gaps as ids
-from memsvc.stores.base import ExportRead, SessionImage, Store, join_newest
+from memsvc.stores.base import ExportRead, ListCursor, SessionImage, Store, join_newest
+from memsvc.stores.index import Where, matches
 
 READ_MESSAGES: Final = 10_000
 """The most messages one read takes."""
@@ -44,6 +52,8 @@ SPOOL_BYTES: Final = 4 * 1024 * 1024
 SEND_BYTES: Final = 256 * 1024
 """About the most bytes handed on at once: lines are gathered up to this much."""
 ATTEMPTS: Final = 10
+FILTERED_PAGE: Final = 1000
+"""Sessions of one filtered listing page, for a filtered export's ids."""
 
 
 def line_head(image: SessionImage) -> bytes:
@@ -73,20 +83,43 @@ class SessionChanged(Exception):
 
 
 class Exporter:
-    def __init__(self, store: Store, tenant: str) -> None:
-        self._store, self._tenant = store, tenant
+    def __init__(self, store: Store, tenant: str, where: Where = ()) -> None:
+        self._store, self._tenant, self._where = store, tenant, where
+
+    async def _ids(self) -> AsyncGenerator[list[str]]:
+        """The ids to export, in pages: the store's snapshot, or (filtered) every page of the filtered listing."""
+        if not self._where:
+            async with contextlib.aclosing(self._store.export_ids(self._tenant)) as pages:
+                async for page in pages:
+                    yield page
+            return
+        found: list[str] = []
+        after: ListCursor | None = None
+        while True:
+            sessions, more = await self._store.list_sessions(
+                self._tenant, limit=FILTERED_PAGE, after=after, with_messages=False, where=self._where
+            )
+            found.extend(session.record.id for session in sessions)
+            if not more or not sessions:
+                break
+            last = sessions[-1].record
+            after = (to_micros(last.updated_at), last.id)
+        for start in range(0, len(found), FILTERED_PAGE):
+            yield found[start : start + FILTERED_PAGE]
 
     async def lines(self) -> AsyncGenerator[bytes]:
         """The export, in pieces of whole lines of about `SEND_BYTES` (a long line alone, in several)."""
         pending: list[bytes] = []
         size = 0
-        async with contextlib.aclosing(self._store.export_ids(self._tenant)) as pages:
+        async with contextlib.aclosing(self._ids()) as pages:
             async for page in pages:
                 for group in _groups(page, AT_ONCE):
                     reads = await asyncio.gather(*(self._read(sid, 0) for sid in group))
                     for session_id, read in zip(group, reads, strict=True):
                         if read is None:
                             continue  # deleted since the snapshot
+                        if self._where and not matches(read.image.record.metadata, self._where):
+                            continue  # its metadata changed since the filtered listing
                         if len(read.messages) == read.held:
                             line = line_head(read.image) + joined(read) + b']}\n'
                             pending.append(line)

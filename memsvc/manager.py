@@ -429,9 +429,10 @@ class AsyncMemoryManager:
             self.store, self.counters, tenant, session_id, max_tokens=max_tokens, format=format, encoding=encoding
         )
 
-    def export(self, tenant: str) -> AsyncGenerator[bytes]:
-        """The tenant's sessions as NDJSON, one line each (`memsvc.export`), in pieces of whole lines."""
-        return Exporter(self.store, tenant).lines()
+    def export(self, tenant: str, filters: Mapping[str, str] | None = None) -> AsyncGenerator[bytes]:
+        """The tenant's sessions as NDJSON, one line each (`memsvc.export`), in pieces of whole lines; with `filters`
+        ({indexed key: value}, checked by the route), only the sessions whose metadata holds all of them."""
+        return Exporter(self.store, tenant, where_of(filters) if filters else ()).lines()
 
     async def import_lines(self, tenant: str, lines: LineReader, *, replace: bool) -> ImportResult:
         """Import every line of `lines` (`memsvc.importer`); with `replace`, a session that exists and differs is

@@ -64,12 +64,23 @@ def _refused(status: int, body: bytes) -> str:
     return f'{status}: {body[:200].decode(errors="replace")}'
 
 
-async def export(url: str, api_key: str | None, target: IO[bytes]) -> int:
+def filters_of(pairs: list[str]) -> list[tuple[str, str]]:
+    """`--metadata KEY=VALUE` flags as the export's query (`metadata.KEY=VALUE`); ValueError for one without `=`."""
+    query = []
+    for pair in pairs:
+        key, equals, value = pair.partition('=')
+        if not equals or not key:
+            raise ValueError(f'--metadata {pair!r}: give KEY=VALUE, e.g. user_id=alice')
+        query.append((f'metadata.{key}', value))
+    return query
+
+
+async def export(url: str, api_key: str | None, target: IO[bytes], query: list[tuple[str, str]] | None = None) -> int:
     progress = Progress('export')
     try:
         async with (
             aiohttp.ClientSession(timeout=TIMEOUT) as session,
-            session.get(f'{url.rstrip("/")}{API}/export', headers=_headers(api_key)) as response,
+            session.get(f'{url.rstrip("/")}{API}/export', params=query or [], headers=_headers(api_key)) as response,
         ):
             if response.status != 200:
                 print(f'memsvc export: {_refused(response.status, await response.read())}', file=sys.stderr)
@@ -129,11 +140,16 @@ async def import_(url: str, api_key: str | None, source: IO[bytes], total: int |
 def run(args: argparse.Namespace) -> int:
     try:
         if args.command == 'export':
+            try:
+                query = filters_of(args.metadata)
+            except ValueError as exc:
+                print(f'memsvc export: {exc}', file=sys.stderr)
+                return 2
             if args.output is None:
-                return asyncio.run(export(args.url, args.api_key, sys.stdout.buffer))
+                return asyncio.run(export(args.url, args.api_key, sys.stdout.buffer, query))
             partial = Path(f'{args.output}.partial')
             with partial.open('wb') as target:
-                status = asyncio.run(export(args.url, args.api_key, target))
+                status = asyncio.run(export(args.url, args.api_key, target, query))
             if status == 0:
                 partial.replace(args.output)
             else:

@@ -222,6 +222,44 @@ async def test_another_tenants_sessions_are_never_exported(aiohttp_client: Aioht
         assert reply.status == 401
 
 
+async def test_a_filtered_export_has_only_the_matching_sessions_of_the_tenant(
+    aiohttp_client: AiohttpClient, settings: Settings
+) -> None:
+    client = await served(
+        aiohttp_client, Settings(**{**settings.model_dump(), 'api_keys': 'alice=key-of-alice,bob=key-of-bob'})
+    )
+    for session_id, user_id, headers in [
+        ('a-old', 'u1', ALICE),
+        ('a-other', 'u2', ALICE),
+        ('a-new', 'u1', ALICE),
+        ('a-number', 1, ALICE),
+        ('b-1', 'u1', BOB),
+    ]:
+        async with client.post(
+            f'{API}/sessions/{session_id}/messages', json=[{'role': 'user', 'content': session_id}], headers=headers
+        ) as reply:
+            assert reply.status == 201, await reply.text()
+        async with client.patch(
+            f'{API}/sessions/{session_id}', json={'metadata': {'user_id': user_id}}, headers=headers
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+
+    everything = (await export(client, headers=ALICE)).splitlines(keepends=True)
+    by_id = {orjson.loads(line)['id']: line for line in everything}
+    assert list(by_id) == ['a-number', 'a-new', 'a-other', 'a-old']
+    filtered = await export(client, headers=ALICE, params={'metadata.user_id': 'u1'})
+    assert filtered == by_id['a-new'] + by_id['a-old'], 'the very lines of the whole export, newest first'
+    assert await export(client, headers=ALICE, params={'metadata.user_id': 'nobody'}) == b''
+    bobs = await export(client, headers=BOB, params={'metadata.user_id': 'u1'})
+    assert [orjson.loads(line)['id'] for line in bobs.splitlines()] == ['b-1'], "another tenant's are never exported"
+
+    async with client.get(f'{API}/export', params={'metadata.color': 'red'}, headers=ALICE) as reply:
+        assert reply.status == 400
+        error = (await reply.json())['error']
+    assert error['code'] == 'invalid_parameter'
+    assert 'metadata.user_id' in error['message']
+
+
 class Meddling:
     """A store whose first `read_export` of a session is followed by a change to it, before the rest is read."""
 

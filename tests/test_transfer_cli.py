@@ -96,3 +96,24 @@ def _post(port: int, path: str, body: bytes, key: str) -> int:
         while chunk := sock.recv(65536):
             data += chunk
     return int(data.split()[1])
+
+
+def test_export_with_metadata_exports_one_persons_sessions(serve: list[subprocess.Popen[bytes]]) -> None:
+    url = start(serve)
+    port = int(url.rsplit(':', 1)[1])
+    for session_id, user_id in [('a1', 'alice'), ('b1', 'bob'), ('a2', 'alice')]:
+        body = orjson.dumps({'id': session_id, 'metadata': {'user_id': user_id}})
+        assert _post(port, '/api/v1/chat/sessions', body, 'unused') == 201
+
+    hers = memsvc('export', '--url', url, '--metadata', 'user_id=alice')
+    assert hers.returncode == 0, hers.stderr
+    assert [orjson.loads(line)['id'] for line in hers.stdout.splitlines()] == ['a2', 'a1']
+    assert b'2 sessions' in hers.stderr
+
+    refused = memsvc('export', '--url', url, '--metadata', 'color=red')
+    assert refused.returncode == 1
+    assert b'400 invalid_parameter' in refused.stderr
+    assert b'metadata.user_id' in refused.stderr
+    malformed = memsvc('export', '--url', url, '--metadata', 'user_id')
+    assert malformed.returncode == 2
+    assert b'give KEY=VALUE' in malformed.stderr

@@ -8,6 +8,7 @@ from memsvc.appkeys import MANAGER, SETTINGS, TENANT
 from memsvc.declare import LinesBody, Operation, Reply, choice_query
 from memsvc.models import ImportResult, SessionLine
 from memsvc.routes.common import API, json_response, routes
+from memsvc.routes.sessions import METADATA
 
 log = logging.getLogger('memsvc')
 
@@ -27,15 +28,19 @@ LINES = LinesBody(SessionLine)
         'exportSessions',
         "The tenant's sessions as NDJSON, one line per session",
         {200: Reply(SessionLine, 'one line per session, newest updated_at first', media_type=NDJSON)},
-        errors=(401,),
+        errors=(400, 401),
+        params=(METADATA,),
         description='Each line is one session as it was at one moment: its fields and every message as stored, '
         '`messages` last. Streamed in bounded memory: sessions created after the export began are not in it. A '
         'failure once the answer has begun closes the connection before the end of the chunked body, so that a '
-        'client never takes a cut answer for a whole one.',
+        'client never takes a cut answer for a whole one. `metadata.<key>=<value>` (as the listing takes it: an '
+        'indexed key, several = all of them; another key is 400 `invalid_parameter`) exports only the sessions the '
+        "filtered listing finds, e.g. one person's.",
     ),
 )
 async def export_sessions(request: web.Request) -> web.StreamResponse:
-    pieces = request.app[MANAGER].export(request[TENANT])
+    filters = METADATA.get(request, request.app[SETTINGS].indexed_keys())
+    pieces = request.app[MANAGER].export(request[TENANT], filters)
     try:
         piece = await anext(pieces, None)  # the store answers before anything is sent: a failure is still a JSON 503
         response = web.StreamResponse(headers={'Content-Type': NDJSON})
