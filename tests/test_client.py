@@ -300,6 +300,31 @@ async def test_export_and_import_stream_ndjson(client: AsyncMemsvcClient) -> Non
     assert (await client.get_summary(moved['id']))['content'] == 'asked'
 
 
+async def test_one_persons_sessions_by_metadata_listed_paged_and_exported(client: AsyncMemsvcClient) -> None:
+    alice, bob = _sid('alice'), _sid('bob')
+    ids = {name: _sid(name) for name in ('a1', 'b1', 'a2', 'a3')}
+    for name, sid in ids.items():
+        await client.create_session(sid, metadata={'user_id': alice if name.startswith('a') else bob})
+    hers = [ids['a3'], ids['a2'], ids['a1']]
+    assert [s['id'] async for s in client.sessions(page_size=2, metadata={'user_id': alice})] == hers
+    page = await client.list_sessions(limit=2, metadata={'user_id': alice})
+    assert [s['id'] for s in page.items] == hers[:2]
+    assert page.cursor is not None
+    rest = await client.list_sessions(limit=2, cursor=page.cursor, metadata={'user_id': alice})
+    assert ([s['id'] for s in rest.items], rest.cursor) == (hers[2:], None)
+    assert [line['id'] async for line in client.export(metadata={'user_id': bob})] == [ids['b1']]
+    with pytest.raises(ApiError) as refused:
+        await client.list_sessions(metadata={'color': 'red'})
+    assert (refused.value.status, refused.value.code) == (400, 'invalid_parameter')
+    assert 'metadata.user_id' in refused.value.message
+
+    def blocking_listing() -> list[str]:
+        with MemsvcClient(client.base_url, KEY) as blocking:
+            return [s['id'] for s in blocking.sessions(metadata={'user_id': alice})]
+
+    assert await asyncio.to_thread(blocking_listing) == hers
+
+
 def test_the_blocking_client_is_the_async_one(served: Served) -> None:
     public = {name for name, _ in inspect.getmembers(AsyncMemsvcClient, inspect.isfunction) if not name.startswith('_')}
     assert public - {'aclose'} <= set(dir(MemsvcClient)), 'every method has its blocking twin'

@@ -11,6 +11,7 @@ only if the session exists). `modify` is the read-modify-write loop built on the
 """
 
 import inspect
+import urllib.parse
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -91,6 +92,11 @@ def _query(**values: str | int | bool | None) -> dict[str, str | int]:
         for name, value in values.items()
         if value is not None
     }
+
+
+def _metadata_query(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """A metadata filter as the server reads it: `metadata.<key>=<value>`."""
+    return {f'metadata.{key}': value for key, value in (metadata or {}).items()}
 
 
 def _next_cursor(answer: Answer) -> str | None:
@@ -181,19 +187,35 @@ class AsyncMemsvcClient:
         return Versioned(_parse(_SESSION, answer.body), answer.etag or '*')
 
     async def list_sessions(
-        self, *, limit: int | None = None, cursor: str | None = None, include_messages: bool | None = None
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        include_messages: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Page[Session]:
-        """One page of sessions, newest `updated_at` first; pass its `cursor` for the next."""
-        params = _query(limit=limit, cursor=cursor, include_messages=include_messages)
+        """One page of sessions, newest `updated_at` first; pass its `cursor` for the next (with the same
+        `metadata`). `metadata={"user_id": "alice"}`: only the sessions whose metadata holds every one of these
+        string values, under keys the server indexes (`MEMSVC_INDEXED_METADATA`; another key: `ApiError`
+        `invalid_parameter`)."""
+        params = {
+            **_query(limit=limit, cursor=cursor, include_messages=include_messages),
+            **_metadata_query(metadata),
+        }
         answer = await self._send('GET', f'{API}/sessions', params=params)
         return Page(_parse(_SESSIONS, answer.body), _next_cursor(answer))
 
-    async def sessions(self, *, page_size: int | None = None, include_messages: bool = False) -> AsyncIterator[Session]:
+    async def sessions(
+        self, *, page_size: int | None = None, include_messages: bool = False, metadata: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Session]:
         """Every session of the tenant, newest first, page by page (`page_size` per request; the server's default
-        100). Without messages unless `include_messages`."""
+        100), or with `metadata` (as `list_sessions` takes it) those of one person. Without messages unless
+        `include_messages`."""
         cursor: str | None = None
         while True:
-            page = await self.list_sessions(limit=page_size, cursor=cursor, include_messages=include_messages)
+            page = await self.list_sessions(
+                limit=page_size, cursor=cursor, include_messages=include_messages, metadata=metadata
+            )
             for session in page.items:
                 yield session
             if page.cursor is None:
@@ -418,11 +440,15 @@ class AsyncMemsvcClient:
 
     # --- export and import -----------------------------------------------------------------------------------
 
-    async def export_lines(self, *, read_timeout: float = 300.0) -> AsyncGenerator[bytes, None]:
+    async def export_lines(
+        self, *, read_timeout: float = 300.0, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The tenant's sessions as the export's NDJSON lines (bytes, each with its newline), newest first, as they
-        arrive: write them to a file, or hand them to `import_lines` of another deployment. An export cut short (the
-        server closes the connection on a failure) raises `TransportError`: no cut export passes for a whole one."""
-        async with self._transport.stream(f'{API}/export', {}, read_timeout) as reply:
+        arrive: write them to a file, or hand them to `import_lines` of another deployment; with `metadata` (as
+        `list_sessions` takes it), only the matching sessions. An export cut short (the server closes the connection
+        on a failure) raises `TransportError`: no cut export passes for a whole one."""
+        path = f'{API}/export' + ('?' + urllib.parse.urlencode(_metadata_query(metadata)) if metadata else '')
+        async with self._transport.stream(path, {}, read_timeout) as reply:
             pending = b''
             try:
                 async for chunk in reply.content.iter_any():
@@ -435,9 +461,11 @@ class AsyncMemsvcClient:
             if pending:
                 yield pending
 
-    async def export(self, *, read_timeout: float = 300.0) -> AsyncGenerator[SessionLine, None]:
+    async def export(
+        self, *, read_timeout: float = 300.0, metadata: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[SessionLine, None]:
         """`export_lines` as the server's `SessionLine`s (each session whole in memory, as it is parsed)."""
-        async for line in self.export_lines(read_timeout=read_timeout):
+        async for line in self.export_lines(read_timeout=read_timeout, metadata=metadata):
             yield _parse(_LINE, line)
 
     async def import_lines(
