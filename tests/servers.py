@@ -206,11 +206,14 @@ class RedisClusterServers:
         nodes: list[RedisServer] = []
         try:
             for n in range(masters):
+                # A node that misses the others' pings for cluster-node-timeout is marked failed, and with no
+                # replicas the cluster then refuses every command until it answers again. No test fails a node
+                # over, and a loaded or swapping CI machine can stall a node for seconds: 60 s, not 5.
                 cluster_args = [
                     '--cluster-enabled', 'yes',
                     '--cluster-config-file', 'nodes.conf',
                     '--cluster-port', str(ports[masters + n]),
-                    '--cluster-node-timeout', '5000',
+                    '--cluster-node-timeout', '60000',
                     '--appendfsync', 'everysec',
                 ]  # fmt: skip
                 nodes.append(RedisServer.start(directory / f'node{n}', ports[n], extra_args=cluster_args))
