@@ -143,18 +143,6 @@ class SessionFull(LimitReached):
         )
 
 
-class SessionExpired(MemsvcError):
-    """An imported session idle for longer than the store keeps idle sessions (`MEMSVC_SESSION_TTL_SECONDS`)."""
-
-    code = 'session_expired'
-
-    def __init__(self, session_id: str, ttl: int) -> None:
-        super().__init__(
-            f'session {session_id!r} was last written more than {ttl} s ago; this store expires sessions idle for '
-            'that long (MEMSVC_SESSION_TTL_SECONDS)'
-        )
-
-
 class InvalidInput(MemsvcError):
     """A well-formed request whose content breaks a rule; `field` names where (e.g. `metadata`)."""
 

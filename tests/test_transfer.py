@@ -3,6 +3,7 @@ skipped, different ones conflicts left alone or replaced, bad lines refused whol
 ids and the next id kept, tenants apart, each exported line one session at one moment."""
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -16,11 +17,12 @@ from memsvc.app import create_app
 from memsvc.appkeys import MANAGER
 from memsvc.errors import BackendUnavailable
 from memsvc.export import Exporter
-from memsvc.models import utc_now
+from memsvc.models import SessionRecord, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import Store
 from memsvc.stores.base import ExportRead
 from memsvc.stores.redis_client import create_client
+from memsvc.stores.redis_reads import RedisKeys
 from tests.conftest import make_settings
 from tests.helpers import API, body
 from tests.test_tenants import ALICE, BOB
@@ -328,3 +330,54 @@ async def test_an_export_that_fails_once_begun_ends_without_its_last_chunk(
         assert reply.status == 200
         with pytest.raises(ClientPayloadError):
             await reply.read()
+
+
+def _old_line(session_id: str, user_id: str, days: int) -> bytes:
+    """An export line of a session last written `days` ago."""
+    moment = (utc_now() - timedelta(days=days)).isoformat().replace('+00:00', 'Z')
+    message = {'id': 1, 'role': 'user', 'content': 'long ago', 'timestamp': moment}
+    line = {
+        'id': session_id,
+        'created_at': moment,
+        'updated_at': moment,
+        'metadata': {'user_id': user_id},
+        'next_id': 2,
+        'messages': [message],
+    }
+    return orjson.dumps(line) + b'\n'
+
+
+@pytest.mark.parametrize('store_kind', ['in_memory', 'redis', 'redis_cluster'])
+async def test_an_imported_sessions_idle_ttl_starts_again_at_the_import(
+    aiohttp_client: AiohttpClient, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    ttl = 100
+    settings = make_settings(store_kind, request, session_ttl_seconds=ttl)
+    client = await served(aiohttp_client, settings)
+    store = client.app[MANAGER].store
+    # 16 sessions last written two days ago (the most one write's sweep looks at), and one idle past the TTL
+    lines = b''.join(_old_line(f'old-{n}', 'u1', 2) for n in range(16))
+    assert (await import_(client, lines))['imported'] == 16, 'not refused for being idle longer than the TTL'
+    past = utc_now() - timedelta(seconds=3 * ttl)
+    await store.create_session(T, SessionRecord('idle', past, past, b'{"user_id":"u1"}', 0))
+    await post(client, '/sessions/busy/messages', [{'role': 'user', 'content': 'now'}])  # a write: the sweep runs
+
+    found = await (await client.get(f'{API}/sessions/old-0')).json()
+    assert found['updated_at'] == orjson.loads(lines.splitlines()[0])['updated_at'], 'updated_at kept as stored'
+    async with client.get(f'{API}/sessions', params={'metadata.user_id': 'u1', 'include_messages': 'false'}) as reply:
+        listed = [session['id'] for session in await reply.json()]
+    imported = [f'old-{n}' for n in reversed(range(16))]  # newest first
+    if store_kind == 'in_memory':
+        assert listed == ['idle', *imported]  # no idle TTL in memory: nothing expires
+        return
+    assert listed == imported, 'the idle one left the listing; the imported ones are listed'
+    raw = create_client(settings)
+    try:
+        keys = RedisKeys(settings.key_prefix, T)
+        for n in range(16):
+            left = await raw.pttl(keys.meta(f'old-{n}'))
+            assert (ttl - 30) * 1000 < left <= ttl * 1000, 'the whole TTL, from the import'
+            assert await raw.zscore(keys.sessions(), f'old-{n}') is not None, 'the sweep left it listed'
+        assert await raw.zscore(keys.sessions(), 'idle') is None, 'the sweep went past them to the idle one'
+    finally:
+        await raw.aclose()

@@ -448,5 +448,5 @@ class Store(Protocol):
         self, tenant: str, image: SessionImage, *, replace: bool
     ) -> AbstractAsyncContextManager[ImportWriter]:
         """A writer of the session `image` describes (`replace`: in place of one with its id); leaving the context
-        without `publish` drops what it wrote. On a store with an idle TTL, the session expires when it would have
-        had it lived there (its `updated_at` + the TTL), and one idle for longer is refused (`SessionExpired`)."""
+        without `publish` drops what it wrote. On a store with an idle TTL, the TTL starts again when the session is
+        published (its `updated_at` kept as stored)."""

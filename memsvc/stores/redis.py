@@ -15,6 +15,8 @@ and, in the listing's slot (its name is their hash tag), the metadata index (`re
     {{p}:<tenant>:sessions}:indexed       HASH  session id -> the names of the sets below it is in, one a line
     {{p}:<tenant>:sessions}:by:<k>:<v>    ZSET  session id -> updated_at (µs): the sessions whose metadata holds the
                                                 string <v> under the indexed key <k> (`MEMSVC_INDEXED_METADATA`)
+    {{p}:<tenant>:sessions}:imported      ZSET  session id -> when it was imported (µs), with an idle TTL: its TTL
+                                                started then, not at its updated_at (`redis_transfer`)
 
 `meta` also holds `gaps` while the session has some (`stores.gaps`, e.g. "6:11,15:16": ids 6 to 10 and 15), and
 `forked_from` (JSON) on a fork. While a fork is copied, two hidden lists under the new session's hash tag,

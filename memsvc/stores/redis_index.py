@@ -7,6 +7,9 @@ updates the listing and the index together, on a single Redis and on Cluster ali
     indexed       HASH  session id -> the names of the sets the session is in, one a line
     by:<k>:<v>    ZSET  session id -> updated_at (µs), as the listing: the sessions whose metadata has the
                         string <v> under the indexed key <k> (a long or unusual <v> is named by its SHA-256)
+    imported      ZSET  session id -> when it was imported (µs), only with an idle TTL: the sweep below goes by the
+                        listing's score, the updated_at, which an import keeps as stored while the session's TTL
+                        starts again at the import; the sweep leaves a session imported less than the TTL ago
 
 Every set a session is in is named in its `indexed` entry, so whatever moves or removes a session in the listing
 does the same in its sets (`index`, `unindex` below). The sets and `indexed` expire a minute after the last session
@@ -43,6 +46,7 @@ REINDEX_BATCH = 200
 INDEX = (
     """
 local indexed = sessions and ('{' .. sessions .. '}:indexed')
+local imported = sessions and ('{' .. sessions .. '}:imported')
 local function keep(key, ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl + """
     + str(INDEX_GRACE_SECONDS)
@@ -58,6 +62,41 @@ local function unindex(id)
   for _, name in ipairs(names_in(redis.call('HGET', indexed, id))) do redis.call('ZREM', name, id) end
   redis.call('HDEL', indexed, id)
   redis.call('ZREM', sessions, id)
+  redis.call('ZREM', imported, id)
+end
+-- Whether a listed session scored below `cutoff` is idle past the TTL: not if it was imported since (the TTL of its
+-- keys started at the import, while its score is its updated_at as stored).
+local function idle(id, cutoff)
+  local at = redis.call('ZSCORE', imported, id)
+  return not at or tonumber(at) < tonumber(cutoff)
+end
+-- Sessions idle past the TTL leave, from the oldest (`old`, at most EXPIRE_PER_WRITE of them). When every one of
+-- those is an imported session still alive, a window further on is taken instead, so that the sweep moves on.
+local function sweep(old, cutoff)
+  local kept = 0
+  for _, stale in ipairs(old) do
+    if idle(stale, cutoff) then unindex(stale) else kept = kept + 1 end
+  end
+  local n = """
+    + str(EXPIRE_PER_WRITE)
+    + """
+  if kept == n then
+    local below = redis.call('ZCOUNT', sessions, '-inf', '(' .. cutoff)
+    if below > n then
+      local start = n + math.floor(tonumber(cutoff) / 1000) % (below - n)
+      for _, stale in ipairs(redis.call('ZRANGE', sessions, start, math.min(start + n - 1, below - 1))) do
+        if idle(stale, cutoff) then unindex(stale) end
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', imported, '-inf', '(' .. cutoff)
+end
+-- An imported session: its keys' TTL runs from `now` (µs), not from its updated_at; the sweep leaves it until then.
+local function imported_at(id, now, ttl)
+  if ttl > 0 then
+    redis.call('ZADD', imported, now, id)
+    keep(imported, ttl)
+  end
 end
 -- At `score` in the listing and each of its sets (`gt`: never lower, as on Cluster, where this runs beside the
 -- session's own script); then a few sessions idle past the TTL (below `cutoff`) leave.
@@ -73,7 +112,7 @@ local function index(id, score, ttl, cutoff, gt)
     local old = redis.call('ZRANGEBYSCORE', sessions, '-inf', '(' .. cutoff, 'LIMIT', 0, """
     + str(EXPIRE_PER_WRITE)
     + """)
-    for _, stale in ipairs(old) do unindex(stale) end
+    if #old > 0 then sweep(old, cutoff) end
   end
 end
 -- The sets the session is in become: those named in `added` (one a line) and, unless `replace`, those it was in but
@@ -113,11 +152,12 @@ local ttl_ = tonumber(ttl)
 if added ~= '' or removed ~= '' or replace == '1' then
   change_sets(session_id, added, removed, replace == '1', score, ttl_)
 end
+if imported_now ~= '' then imported_at(session_id, imported_now, ttl_) end
 index(session_id, score, ttl_, cutoff, true)
 return 1
 """,
     keys=('sessions',),
-    args=('session_id', 'score', 'ttl', 'cutoff', 'added', 'removed', 'replace'),
+    args=('session_id', 'score', 'ttl', 'cutoff', 'added', 'removed', 'replace', 'imported_now'),
 )
 
 # Takes each session out of the listing and the index (Cluster: after its delete).
@@ -221,9 +261,10 @@ class RedisIndex:
         added: Sequence[str] = (),
         removed: Sequence[str] = (),
         replace: bool = False,
+        imported_now: int | None = None,
     ) -> None:
         """Cluster: move the session up to `micros` (never down) in the listing and its sets, after changing its
-        sets (`TOUCH_INDEX`)."""
+        sets (`TOUCH_INDEX`); `imported_now`: the session was imported then (µs; its idle TTL runs from then)."""
         call = TOUCH_INDEX.bind(
             sessions=keys.sessions,
             session_id=session_id,
@@ -233,6 +274,7 @@ class RedisIndex:
             added='\n'.join(added),
             removed='\n'.join(removed),
             replace='1' if replace else '0',
+            imported_now='' if imported_now is None else str(imported_now),
         )
         await self._redis.script(call)
 

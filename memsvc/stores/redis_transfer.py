@@ -26,10 +26,11 @@ limit; renames the lists, writes the meta (the line's created_at and updated_at,
 Cluster the index is updated right after, as for a create. An import that fails drops its hidden lists; one that
 stops leaves them to expire.
 
-The idle TTL (`MEMSVC_SESSION_TTL_SECONDS`): an imported session's keys expire when it would have expired had it been
-here all along, its updated_at + the TTL, and a session idle for longer is refused (`SessionExpired`). The index drops
-entries older than the TTL (`redis_index.INDEX`) by their score, the updated_at: keys living longer than that would
-be a session that no listing and no export finds.
+The idle TTL (`MEMSVC_SESSION_TTL_SECONDS`) starts again at import (SPEC-2 §3): an imported session's keys expire the
+TTL after the import, whatever its updated_at, which is kept as stored (and scores it in the listing and the index, as
+every session's). The writes' sweep of sessions idle past the TTL goes by that score, so the import also records the
+session in the listing slot's `imported` ZSET (id -> the import's time), and the sweep leaves a session imported
+less than the TTL ago (`redis_index.INDEX`: `idle`, `sweep`).
 """
 
 import contextlib
@@ -37,7 +38,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
-from memsvc.errors import BackendUnavailable, SessionExists, SessionExpired, SessionLimitReached
+from memsvc.errors import BackendUnavailable, SessionExists, SessionLimitReached
 from memsvc.models import SessionRecord, to_micros, utc_now
 from memsvc.stores import gaps as ids
 from memsvc.stores import redis_scripts as lua
@@ -81,9 +82,8 @@ return {state[1], state[2], state[3], state[4], state[5] or '', state[6], state[
     args=('after', 'limit', 'budget'),
 )
 
-# `count` messages are in the hidden lists; the rest are the session's fields ('' for none); `expire` is the TTL of
-# its keys (its updated_at + the idle TTL - now; 0: none). 'ok'; or 'exists', 'limit', 'lost' (the hidden lists do
-# not hold every message written).
+# `count` messages are in the hidden lists; the rest are the session's fields ('' for none); its keys get the whole
+# idle TTL from now. 'ok'; or 'exists', 'limit', 'lost' (the hidden lists do not hold every message written).
 IMPORT_PUBLISH = Script(
     'import_publish',
     lua.SESSION.source,
@@ -107,9 +107,10 @@ if forked_from ~= '' then redis.call('HSET', meta, 'forked_from', forked_from) e
 if gaps ~= '' then redis.call('HSET', meta, 'gaps', gaps) end
 if text ~= '' then redis.call('SET', summary, text) end
 for _, key in ipairs({meta, msgs, counts, summary}) do
-  if tonumber(expire) > 0 then redis.call('EXPIRE', key, expire) else redis.call('PERSIST', key) end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
 end
 if sessions then
+  imported_at(session_id, now, ttl)  -- before `index`, whose sweep would take a session updated long ago
   change_sets(session_id, entries, '', true, updated_at, ttl)
   index(session_id, updated_at, ttl, cutoff, false)
 end
@@ -127,7 +128,6 @@ return {'ok'}
         'idem_ttl',
         'max_sessions',
         'replace',
-        'expire',
         'count',
         'created_at',
         'updated_at',
@@ -223,17 +223,6 @@ class RedisImport:
         self.copy = self._keys.import_copy(session_id, uuid.uuid4().hex)
         self.published = False
         self._count = 0
-        self._expire()  # refused before anything is written
-
-    def _expire(self) -> int:
-        """The TTL of the session's keys: what is left of its idle TTL since its updated_at (0: none)."""
-        ttl = self._store._ttl
-        if not ttl:
-            return 0
-        left = ttl - (to_micros(utc_now()) - to_micros(self._image.record.updated_at)) // 1_000_000
-        if left <= 0:
-            raise SessionExpired(self._session_id, ttl)
-        return left
 
     async def write(self, messages: list[bytes], records: list[int]) -> None:
         msgs, counts = self.copy
@@ -269,7 +258,6 @@ class RedisImport:
             idem_ttl=0,
             max_sessions=store._limits.max_sessions,
             replace='1' if self._replace else '0',
-            expire=self._expire(),
             count=self._count,
             created_at=str(to_micros(record.created_at)),
             updated_at=str(to_micros(record.updated_at)),
@@ -290,4 +278,11 @@ class RedisImport:
         self.published = True
         if store._index_beside:
             names = store._index.names(keys.index, record.metadata)
-            await store._index.touch(keys.index, session_id, to_micros(record.updated_at), added=names, replace=True)
+            await store._index.touch(
+                keys.index,
+                session_id,
+                to_micros(record.updated_at),
+                added=names,
+                replace=True,
+                imported_now=micros,
+            )
