@@ -1,9 +1,10 @@
-"""The command line: `memsvc serve [--host] [--port] [--workers] [--memory-type]`, and `memsvc export` / `memsvc
-import` (`memsvc.transfer_cli`), clients of a running memsvc.
+"""The command line: `memsvc serve [--host] [--port] [--workers] [--memory-type]`, `memsvc export` / `memsvc
+import` (`memsvc.transfer_cli`), clients of a running memsvc, and `memsvc reindex` (`memsvc.reindex`), which opens
+the store as `serve` does.
 
-Settings are read once here and passed down (to `serve`; the clients read none). `--workers N` (N > 1) starts N
-processes that share one listening port through SO_REUSEPORT; the parent forwards SIGTERM/SIGINT to them and exits 0
-only when every worker drained and exited 0.
+Settings are read once here and passed down (to `serve` and `reindex`; the clients read none). `--workers N` (N > 1)
+starts N processes that share one listening port through SO_REUSEPORT; the parent forwards SIGTERM/SIGINT to them and
+exits 0 only when every worker drained and exited 0.
 """
 
 import argparse
@@ -64,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         help='a session that exists and differs: keep it (default) or replace it',
     )
     imported.add_argument('file', help='the NDJSON file to read; - for stdin')
+    reindex = commands.add_parser(
+        'reindex',
+        help='rebuild the metadata index from the sessions, after MEMSVC_INDEXED_METADATA changed (opens the store '
+        'with the settings serve reads)',
+    )
+    reindex.add_argument('--memory-type', choices=['in_memory', 'redis', 'chroma'], help='store (MEMORY_TYPE)')
+    reindex.add_argument(
+        '--tenant',
+        action='append',
+        default=[],
+        help="a tenant to reindex (repeatable); default: every tenant of the configured API keys, or 'default'",
+    )
     return parser
 
 
@@ -175,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         from memsvc import transfer_cli
 
         return transfer_cli.run(args)
+    if args.command == 'reindex':
+        from memsvc import reindex
+
+        try:
+            settings = Settings(**({} if args.memory_type is None else {'memory_type': args.memory_type}))
+        except ValidationError as exc:
+            print(f'memsvc: {describe_error(exc)}', file=sys.stderr)
+            return 2
+        return reindex.run(settings, args.tenant)
     overrides: dict[str, Any] = {
         name: value
         for name, value in {
