@@ -46,7 +46,7 @@ client library's exceptions). Every method takes the tenant, and every store key
 """
 
 from array import array
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -338,6 +338,14 @@ class Store(Protocol):
         """Write the session's index entries again from its stored metadata and `updated_at`, under the configured
         keys (dropping entries under keys no longer indexed). False: no such session. What an import calls after
         it wrote a session, and what `memsvc reindex` does for each (`memsvc.reindex`)."""
+
+    async def count_sessions(self, tenant: str) -> int:
+        """How many sessions the tenant has, about (on Redis the listing's size, expired ones not yet dropped
+        included): the total of `memsvc reindex`'s progress bar."""
+
+    def reindex(self, tenant: str) -> AsyncIterator[int]:
+        """`index_session` for every session of the tenant, in batches; yields how many each batch indexed. Sessions
+        written meanwhile are still visited (and indexed by their own writes too)."""
 
     async def update_metadata(
         self,

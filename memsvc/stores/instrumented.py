@@ -137,6 +137,19 @@ class InstrumentedStore:
     async def index_session(self, tenant: str, session_id: str) -> bool:
         return await self._call('index_session', self.inner.index_session(tenant, session_id))
 
+    async def count_sessions(self, tenant: str) -> int:
+        return await self._call('count_sessions', self.inner.count_sessions(tenant), timed=False)
+
+    async def reindex(self, tenant: str) -> AsyncIterator[int]:
+        """Each batch measured, none within the deadline (as `export_ids`' pages)."""
+        batches = self.inner.reindex(tenant)
+        while True:
+            try:
+                done = await self._call('reindex', anext(batches), timed=False)
+            except StopAsyncIteration:
+                return
+            yield done
+
     async def update_metadata(
         self,
         tenant: str,
