@@ -18,7 +18,8 @@ same in every field, it is `skipped`; otherwise it is a `conflict` and left as i
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import heapq
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -48,7 +49,10 @@ from memsvc.tokens import TokenCounter
 BATCH: Final = 500
 """Messages checked, encoded, counted and written in one step."""
 MAX_ERRORS: Final = 1000
-"""Refused lines reported in the answer (all are counted)."""
+"""Refused lines reported in the answer, the first ones (all are counted)."""
+CONCURRENT_LINES: Final = 16
+CONCURRENT_BYTES: Final = 4 * 1024 * 1024
+"""At most so many lines read whole, of at most so many bytes in all, imported at once."""
 
 _HEAD: TypeAdapter[SessionLine] = TypeAdapter(SessionLine)
 _MESSAGES: TypeAdapter[list[LineMessage]] = TypeAdapter(list[LineMessage])
@@ -140,25 +144,21 @@ class Importer:
         self._replace, self._replaced = replace, replaced
 
     async def run(self, reader: LineReader) -> ImportResult:
-        counts: dict[Outcome, int] = {'imported': 0, 'skipped': 0, 'conflicts': 0}
-        errors: list[LineError] = []
-        failed = 0
-        while (line := await reader.next()) is not None:
-            try:
-                counts[await self._import(line)] += 1
-            except MemsvcError as exc:
-                if exc.code == 'backend_unavailable':
-                    raise
-                failed += 1
-                if len(errors) < MAX_ERRORS:
-                    errors.append({'line': line.number, 'code': exc.code, 'message': exc.message})
-        return {
-            'imported': counts['imported'],
-            'skipped': counts['skipped'],
-            'conflicts': counts['conflicts'],
-            'failed': failed,
-            'errors': errors,
-        }
+        """Lines read whole are imported up to `CONCURRENT_LINES` (and `CONCURRENT_BYTES`) at a time, so that one
+        line's store round trips overlap the next ones' (on Redis they go out in one pipeline); a long line, whose
+        messages are read from the body as it is written, is imported alone. A line whose session id is in flight
+        waits for it, so the outcome is what importing the lines one after another gives."""
+        window = _Window()
+        try:
+            while (line := await reader.next()) is not None:
+                await window.make_room(line)
+                window.start(line, self._import(line))
+                if not line.whole:  # the reader is needed by this line until it ends
+                    await window.wait(window.running, asyncio.ALL_COMPLETED)
+            await window.wait(window.running, asyncio.ALL_COMPLETED)
+        finally:
+            await window.settle()
+        return window.result()
 
     def check_message(self, message: LineMessage, field: str) -> None:
         if len(message['content']) > self._max_content:
@@ -231,6 +231,85 @@ class Importer:
         if same and messages.count == existing.held:
             return 'skipped'
         return 'conflicts'
+
+
+class _Window:
+    """The lines being imported, and the counts of those that ended."""
+
+    def __init__(self) -> None:
+        self.running: dict[asyncio.Task[Outcome], RawLine] = {}
+        self._by_id: dict[str, asyncio.Task[Outcome]] = {}
+        self._counts: dict[Outcome, int] = {'imported': 0, 'skipped': 0, 'conflicts': 0}
+        self._errors: list[tuple[int, LineError]] = []  # a max-heap by line number (negated): the first MAX_ERRORS
+        self._failed = 0
+
+    async def make_room(self, line: RawLine) -> None:
+        """Return once `line` may start: no line of its session running, and for a line read whole, room."""
+        session_id = _session_id(line)
+        if session_id in self._by_id:
+            await self.wait([self._by_id[session_id]], asyncio.ALL_COMPLETED)
+        if not line.whole:
+            await self.wait(self.running, asyncio.ALL_COMPLETED)
+        while self.running and (
+            len(self.running) >= CONCURRENT_LINES
+            or sum(held.size for held in self.running.values()) + line.size > CONCURRENT_BYTES
+        ):
+            await self.wait(self.running, asyncio.FIRST_COMPLETED)
+
+    def start(self, line: RawLine, work: Coroutine[Any, Any, Outcome]) -> None:
+        task = asyncio.ensure_future(work)
+        self.running[task] = line
+        self._by_id[_session_id(line)] = task
+
+    async def wait(self, tasks: Collection[asyncio.Task[Outcome]], when: str) -> None:
+        """Wait for `tasks` as `asyncio.wait` does and count those that ended; a backend error is raised."""
+        if not tasks:
+            return
+        finished, _ = await asyncio.wait(list(tasks), return_when=when)
+        for task in finished:
+            self._ended(task)
+
+    def _ended(self, task: asyncio.Task[Outcome]) -> None:
+        line = self.running.pop(task)
+        session_id = _session_id(line)
+        if self._by_id.get(session_id) is task:
+            del self._by_id[session_id]
+        try:
+            self._counts[task.result()] += 1
+        except MemsvcError as exc:
+            if exc.code == 'backend_unavailable':
+                raise
+            self._failed += 1
+            entry: LineError = {'line': line.number, 'code': exc.code, 'message': exc.message}
+            if len(self._errors) < MAX_ERRORS:
+                heapq.heappush(self._errors, (-line.number, entry))
+            elif line.number < -self._errors[0][0]:
+                heapq.heapreplace(self._errors, (-line.number, entry))
+
+    async def settle(self) -> None:
+        """After a backend error: let the lines in flight end as they end (each all or nothing; neither their
+        failures nor their counts are in the 503 that answers). They are not cancelled: a cancelled write's
+        command may still reach Redis after the clean-up that follows it, and leave a hidden copy until its TTL."""
+        if self.running:
+            await asyncio.wait(self.running)
+            for task in self.running:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the answer is the error already raised
+
+    def result(self) -> ImportResult:
+        return {
+            'imported': self._counts['imported'],
+            'skipped': self._counts['skipped'],
+            'conflicts': self._counts['conflicts'],
+            'failed': self._failed,
+            'errors': [entry for _, entry in sorted(self._errors, key=lambda pair: -pair[0])],
+        }
+
+
+def _session_id(line: RawLine) -> str:
+    """The session id a line names, to keep two lines of one session in file order; '' when it names none."""
+    session_id = None if line.head is None else line.head.get('id')
+    return session_id if isinstance(session_id, str) else ''
 
 
 def _same(stored: SessionImage, line: SessionImage) -> bool:

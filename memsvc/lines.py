@@ -69,9 +69,16 @@ class Line:
         head: dict[str, Any] | None = None,
         messages: list[Any] | None = None,
         fault: LineRefused | None = None,
+        size: int = 0,
     ) -> None:
-        self.number, self.head, self.fault = number, head, fault
+        self.number, self.head, self.fault, self.size = number, head, fault, size
         self._reader, self._messages = reader, messages
+
+    @property
+    def whole(self) -> bool:
+        """Whether the line is in memory, all of it (`size` bytes): it no longer needs the reader, which may go on
+        to the next line. A long line's messages are read from the body as they are taken."""
+        return self._messages is not None or self.fault is not None
 
     async def messages(self) -> AsyncIterator[list[Any]]:
         if self._messages is not None:  # a line read whole
@@ -132,8 +139,8 @@ class LineReader:
         messages = parsed.get('messages')
         if isinstance(messages, list):
             parsed['messages'] = []
-            return Line(self, self._number, parsed, messages)
-        return Line(self, self._number, parsed, [])
+            return Line(self, self._number, parsed, messages, size=len(text))
+        return Line(self, self._number, parsed, [], size=len(text))
 
     async def _long_line(self) -> Line:
         """A line longer than `whole`: its head, found in its first `whole` bytes, and then its messages streamed;

@@ -381,3 +381,67 @@ async def test_an_imported_sessions_idle_ttl_starts_again_at_the_import(
         assert await raw.zscore(keys.sessions(), 'idle') is None, 'the sweep went past them to the idle one'
     finally:
         await raw.aclose()
+
+
+def _line(session_id: str, content: str = 'hi') -> dict[str, Any]:
+    stamp = '2026-01-01T00:00:00Z'
+    message = {'id': 1, 'role': 'user', 'content': content, 'timestamp': stamp}
+    times = {'created_at': stamp, 'updated_at': stamp}
+    return {'id': session_id, **times, 'metadata': {}, 'next_id': 2, 'messages': [message]}
+
+
+@pytest.mark.parametrize('store_kind', ['in_memory', 'redis'])
+async def test_many_lines_import_as_if_one_after_another(aiohttp_client: AiohttpClient, settings: Settings) -> None:
+    """Lines are imported several at a time; two lines of one session still meet in file order, and the errors
+    come in line order."""
+    client = await served(aiohttp_client, settings)
+    lines = [_line(f's{n}') for n in range(40)]
+    lines[5:5] = [_line('twice'), _line('twice'), _line('twice', 'changed')]  # lines 6, 7, 8
+    lines[30:30] = [{'id': 'bad id!'}, {**_line('late'), 'next_id': 1}]  # lines 31, 32
+    result = await import_(client, b'\n'.join(orjson.dumps(line) for line in lines))
+    assert (result['imported'], result['skipped'], result['conflicts'], result['failed']) == (41, 1, 1, 2)
+    assert [(e['line'], e['code']) for e in result['errors']] == [(31, 'validation_error'), (32, 'validation_error')]
+    async with client.get(f'{API}/sessions/twice/messages') as reply:
+        assert [m['content'] for m in await reply.json()] == ['hi'], 'the first line of it, the conflict left alone'
+    exported = {orjson.loads(line)['id'] for line in (await export(client)).splitlines()}
+    assert exported == {f's{n}' for n in range(40)} | {'twice'}
+
+
+class FailingImport:
+    """The store, but the `fail_at`th import of a session finds the backend gone."""
+
+    def __init__(self, store: Store, fail_at: int) -> None:
+        self.inner, self._left = store, fail_at
+
+    def importing(self, tenant: str, image: Any, *, replace: bool) -> Any:
+        self._left -= 1
+        if self._left == 0:
+            raise BackendUnavailable('gone')
+        return self.inner.importing(tenant, image, replace=replace)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_an_import_whose_store_goes_away_is_503_and_leaves_no_half_written_session(
+    aiohttp_client: AiohttpClient, request: pytest.FixtureRequest
+) -> None:
+    settings = make_settings('redis', request)
+    client = await served(aiohttp_client, settings)
+    app = client.app
+    assert app is not None
+    app[MANAGER].store = FailingImport(app[MANAGER].store, fail_at=20)
+    many = [{'id': n, 'role': 'user', 'content': f'm{n}', 'timestamp': '2026-01-01T00:00:00Z'} for n in range(1, 301)]
+    body_ = b'\n'.join(orjson.dumps({**_line(f's{n}'), 'next_id': 301, 'messages': many}) for n in range(40))
+    async with client.post(f'{API}/import', data=body_, headers=NDJSON) as reply:
+        assert reply.status == 503
+        assert (await reply.json())['error']['code'] == 'backend_unavailable'
+    redis = create_client(settings)
+    try:
+        assert await redis.keys(f'{settings.key_prefix}:*:import:*') == [], 'no hidden copy left behind'
+    finally:
+        await redis.aclose()
+    for line in (await export(client)).splitlines():
+        assert len(orjson.loads(line)['messages']) == 300, 'a session is there whole or not at all'
+    result = await import_(client, body_)
+    assert result['imported'] + result['skipped'] == 40, 'the same import again finishes the job'
