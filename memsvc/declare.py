@@ -164,16 +164,24 @@ def nonblank_text_query(name: str, max_chars: int, *, what: str, description: st
 
 
 class QueryFamily:
-    """Parameters named `<prefix><key>` (e.g. `metadata.user_id=123`), keys the settings allow: read as
-    {key: value}; any other key under the prefix is 400 naming the allowed ones. The document lists one
-    parameter per allowed key (the sessions listing's `metadata.<key>` filters)."""
+    """Parameters named `<prefix><key><suffix>` (e.g. `metadata.user_id=123`, or `metadata[user_id]=123` with the
+    suffix `]`), keys the settings allow: read as {key: value}; any other key under the prefix is 400 naming the
+    allowed ones. The document lists one parameter per allowed key (the sessions listing's `metadata.<key>`
+    filters)."""
 
-    __slots__ = ('description', 'keys', 'prefix', 'schema')
+    __slots__ = ('description', 'keys', 'prefix', 'schema', 'suffix')
 
     def __init__(
-        self, prefix: str, keys: Callable[['Settings'], Sequence[str]], *, schema: Schema, description: str
+        self,
+        prefix: str,
+        keys: Callable[['Settings'], Sequence[str]],
+        *,
+        schema: Schema,
+        description: str,
+        suffix: str = '',
     ) -> None:
         self.prefix, self.keys, self.schema, self.description = prefix, keys, schema, description
+        self.suffix = suffix
 
     def get(self, request: web.Request, allowed: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -181,8 +189,11 @@ class QueryFamily:
             if not name.startswith(self.prefix):
                 continue
             key = name[len(self.prefix) :]
+            if self.suffix:
+                key = key[: -len(self.suffix)] if key.endswith(self.suffix) else ''
             if key not in allowed:
-                raise InvalidParameter(name, f'filter on one of {", ".join(self.prefix + k for k in allowed)}')
+                names = ', '.join(self.prefix + k + self.suffix for k in allowed)
+                raise InvalidParameter(name, f'filter on one of {names}')
             if key in found:
                 raise InvalidParameter(name, 'give it at most once')
             found[key] = value
@@ -190,7 +201,7 @@ class QueryFamily:
 
     def document(self, settings: 'Settings') -> list[Schema]:
         return [
-            _parameter(self.prefix + key, 'query', self.schema, self.description.format(key=key), False)
+            _parameter(self.prefix + key + self.suffix, 'query', self.schema, self.description.format(key=key), False)
             for key in self.keys(settings)
         ]
 

@@ -369,6 +369,59 @@ def test_another_tenant_sees_nothing(served: Served) -> None:
         served.client(key=OTHER_KEY).conversations.retrieve(conversation.id)
 
 
+def _conversations(client: OpenAI, **params: Any) -> dict[str, Any]:
+    """`GET /v1/conversations` (beyond OpenAI: the SDK has no method for it) through the client's own request path."""
+    page: dict[str, Any] = client.get('/conversations', cast_to=dict, options={'params': params})
+    return page
+
+
+def test_a_persons_conversations_newest_first_in_pages(served: Served) -> None:
+    client, person = served.client(), f'user-{uuid.uuid4().hex[:8]}'
+    created = [client.conversations.create(metadata={'user_id': person, 'n': str(n)}) for n in range(5)]
+    client.conversations.create(metadata={'user_id': f'{person}-other'})
+    newest_first = [conversation.id for conversation in reversed(created)]
+
+    first = _conversations(client, metadata={'user_id': person}, limit=2)  # the SDK sends metadata[user_id]=…
+    assert set(first) == {'object', 'data', 'first_id', 'last_id', 'has_more'}
+    assert first['object'] == 'list'
+    assert [c['id'] for c in first['data']] == newest_first[:2]
+    assert (first['first_id'], first['last_id'], first['has_more']) == (newest_first[0], newest_first[1], True)
+    assert first['data'][0] == {
+        'id': newest_first[0],
+        'object': 'conversation',
+        'created_at': created[-1].created_at,
+        'metadata': {'user_id': person, 'n': '4'},
+    }
+    second = _conversations(client, metadata={'user_id': person}, limit=2, after=first['last_id'])
+    assert [c['id'] for c in second['data']] == newest_first[2:4]
+    last = _conversations(client, metadata={'user_id': person}, limit=2, after=second['last_id'])
+    assert ([c['id'] for c in last['data']], last['has_more']) == (newest_first[4:], False)
+    assert _conversations(client, metadata={'user_id': 'nobody-' + person}) == {
+        'object': 'list',
+        'data': [],
+        'first_id': None,
+        'last_id': None,
+        'has_more': False,
+    }
+    assert not _conversations(served.client(key=OTHER_KEY), metadata={'user_id': person})['data'], 'tenants apart'
+    everything = _conversations(client, limit=100)  # no filter: every conversation of the tenant, newest first
+    assert [c['id'] for c in everything['data'][:6]][1:] == newest_first
+
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({'metadata': {'color': 'red'}}, 'metadata[color]'),
+        ({'after': 'no-such-conversation'}, 'after'),
+        ({'limit': 101}, 'limit'),
+    ]
+    for params, param in refused:
+        with pytest.raises(openai.BadRequestError) as caught:
+            _conversations(client, **params)
+        error = _error(caught.value)
+        assert (error['code'], error['param']) == ('invalid_parameter', param)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _conversations(client, metadata={'color': 'red'})
+    assert 'metadata[user_id]' in _error(caught.value)['message'], 'names the indexed keys'
+
+
 @pytest.mark.parametrize(
     ('metadata', 'param'),
     [
@@ -564,11 +617,17 @@ def test_the_document_describes_v1_with_its_error_shape() -> None:
         'getConversation',
         'getConversationItem',
         'listConversationItems',
+        'listConversations',
         'updateConversation',
     ]
     for operation in operations.values():
-        error = operation['responses']['404']['content']['application/json']['schema']
+        error = operation['responses']['400']['content']['application/json']['schema']
         assert error == {'$ref': '#/components/schemas/OpenAIError'}
+    listing = paths['/v1/conversations']['get']
+    assert [p['name'] for p in listing['parameters'] if p['name'].startswith('metadata')] == ['metadata[user_id]']
+    assert listing['responses']['200']['content']['application/json']['schema'] == {
+        '$ref': '#/components/schemas/ConversationList'
+    }
 
 
 def test_the_read_path_s_items_are_to_item_s() -> None:

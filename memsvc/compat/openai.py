@@ -14,6 +14,10 @@ down. Errors are `{"error": {"message", "type", "param", "code"}}` with the nati
 answered as 400 (OpenAI answers a body that breaks a rule with 400 `invalid_request_error`), and a 409 carries
 `x-should-retry: false` (the SDKs retry 409s, and a full session or tenant stays full).
 
+Beyond OpenAI, which has no listing: `GET /v1/conversations` lists the tenant's conversations, newest `updated_at`
+first, and `?metadata[user_id]=123` (an indexed key, `MEMSVC_INDEXED_METADATA`, as the native
+`metadata.<key>=` filter) one person's, in OpenAI's list shape with `after` (a conversation id) and `limit`.
+
 A conversation created with items is two writes, the session and then its items (a store has no single write for
 both): if the second fails, a create without an `Idempotency-Key` deletes the session again; with one, the session
 stays, and a retry with the same key finishes it. A crash in between leaves an empty session, listed natively.
@@ -28,22 +32,21 @@ from pydantic import ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
 from memsvc.appkeys import MANAGER, SETTINGS, TENANT
+from memsvc.compat.errors import OpenAIErrorBody, openai_error
 from memsvc.compat.items import ItemIds, encoded_items, to_messages
 from memsvc.declare import (
     JsonBody,
     ListQuery,
     Operation,
     PathParam,
+    QueryFamily,
     Reply,
     RouteTable,
     choice_query,
     int_query,
     text_query,
 )
-from memsvc.endpoint import headers_for, status_for
 from memsvc.errors import (
-    InvalidHeader,
-    InvalidInput,
     InvalidParameter,
     MemsvcError,
     MessageNotFound,
@@ -51,15 +54,17 @@ from memsvc.errors import (
     ResponseTooLarge,
     SessionNotFound,
 )
-from memsvc.manager import AsyncMemoryManager
+from memsvc.manager import AsyncMemoryManager, encode_cursor
 from memsvc.models import (
     SESSION_ID_PATTERN,
     JsonObject,
     NewMessage,
     NewSession,
     SessionRecord,
+    is_session_id,
     json_array,
     require_session_id,
+    to_micros,
 )
 from memsvc.routes import IDEMPOTENCY_KEY
 from memsvc.settings import MIN_RESPONSE_BYTES
@@ -82,45 +87,6 @@ class ItemNotFound(MessageNotFound):
 
     def __init__(self, session_id: str, item_id: str) -> None:
         MemsvcError.__init__(self, f'conversation {session_id!r} has no item {item_id!r}')
-
-
-# --- the error shape -------------------------------------------------------------------------------------------
-
-
-@with_config(ConfigDict(extra='forbid', title='OpenAIErrorDetail'))
-class OpenAIErrorDetail(TypedDict):
-    message: str
-    type: Literal['invalid_request_error', 'server_error']
-    param: str | None
-    code: str
-
-
-@with_config(ConfigDict(extra='forbid', title='OpenAIError'))
-class OpenAIErrorBody(TypedDict):
-    """Every error answer of `/v1`."""
-
-    error: OpenAIErrorDetail
-
-
-def _param(exc: MemsvcError) -> str | None:
-    if isinstance(exc, InvalidParameter | InvalidHeader):
-        return exc.name
-    if isinstance(exc, InvalidInput):
-        return exc.field or None
-    return None
-
-
-def openai_error(exc: MemsvcError) -> web.Response:
-    """An error in OpenAI's shape, its status from the one error map (`endpoint.STATUS_FOR`)."""
-    status = status_for(exc)
-    if status == 422:
-        status = 400
-    kind = 'server_error' if status >= 500 else 'invalid_request_error'
-    body = {'error': {'message': exc.message, 'type': kind, 'param': _param(exc), 'code': exc.code}}
-    headers = headers_for(exc) or {}
-    if status == 409:
-        headers['x-should-retry'] = 'false'
-    return web.Response(status=status, body=orjson.dumps(body), content_type='application/json', headers=headers)
 
 
 conversations = RouteTable(error_body=OpenAIErrorBody, envelope=openai_error, prefix=V1)
@@ -170,6 +136,17 @@ class ConversationDeleted(TypedDict):
     id: str
     object: Literal['conversation.deleted']
     deleted: Literal[True]
+
+
+@with_config(ConfigDict(extra='forbid'))
+class ConversationList(TypedDict):
+    """A page of conversations, newest `updated_at` first (beyond OpenAI, which has no listing)."""
+
+    object: Literal['list']
+    data: list[Conversation]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
 
 
 @with_config(ConfigDict(extra='allow', title='ConversationItem'))
@@ -267,6 +244,67 @@ async def create_conversation(request: web.Request) -> web.Response:
                     await manager.delete_session(tenant, session_id)
             raise
     return _json(_conversation(created.record))
+
+
+CONVERSATIONS_LIMIT = int_query('limit', 1, 100, default=20, description='page size')
+CONVERSATIONS_AFTER = text_query(
+    'after',
+    schema={'type': 'string', 'pattern': SESSION_ID_PATTERN},
+    description='only conversations after this one, newest first (the last_id of the previous page)',
+)  # checked in the handler
+METADATA_FILTER = QueryFamily(
+    'metadata[',
+    lambda settings: settings.indexed_keys(),
+    suffix=']',
+    schema={'type': 'string'},
+    description='only the conversations whose metadata has this string under `{key}` (an indexed key, '
+    'MEMSVC_INDEXED_METADATA); several filters: all of them',
+)
+
+
+@conversations.get(
+    CONVERSATIONS,
+    Operation(
+        'listConversations',
+        "A page of the tenant's conversations, newest first, or those of one person by metadata (beyond OpenAI)",
+        {200: Reply(ConversationList, 'a page of conversations')},
+        errors=(400, 401),
+        params=(METADATA_FILTER, CONVERSATIONS_AFTER, CONVERSATIONS_LIMIT),
+        description='OpenAI has no listing of conversations; this one is the native listing (`GET '
+        "/api/v1/chat/sessions`) in the shape of OpenAI's lists. `metadata[<key>]=<value>` lists only the "
+        'conversations whose metadata holds that string under an indexed key (MEMSVC_INDEXED_METADATA, default '
+        '`user_id`; another key is 400 naming the indexed ones); without a filter, every conversation of the tenant. '
+        'Newest `updated_at` first; `has_more` says whether more follow, `after=<last_id>` asks for them. A '
+        'conversation written while a client pages moves to the front: a page after it then starts from its new '
+        'place, so conversations may be listed again, never left out. `after` naming no conversation is 400.',
+    ),
+)
+async def list_conversations(request: web.Request) -> web.Response:
+    manager, tenant = request.app[MANAGER], request[TENANT]
+    filters = METADATA_FILTER.get(request, request.app[SETTINGS].indexed_keys())
+    limit, after = CONVERSATIONS_LIMIT.get(request), CONVERSATIONS_AFTER.get(request)
+    cursor = None
+    if after is not None:
+        if not is_session_id(after):
+            raise InvalidParameter('after', 'give the last_id of the previous page')
+        try:
+            found = await manager.get_session(tenant, after, with_messages=False)
+        except SessionNotFound:
+            raise InvalidParameter('after', f'no conversation {after!r}; start again without after') from None
+        cursor = encode_cursor((to_micros(found.record.updated_at), found.record.id))
+    sessions, next_cursor = await manager.list_sessions(
+        tenant, limit=limit, cursor=cursor, with_messages=False, filters=filters
+    )
+    data = [_conversation(session.record) for session in sessions]
+    return _json(
+        {
+            'object': 'list',
+            'data': data,
+            'first_id': data[0]['id'] if data else None,
+            'last_id': data[-1]['id'] if data else None,
+            'has_more': next_cursor is not None,
+        }
+    )
 
 
 @conversations.get(
