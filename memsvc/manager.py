@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from memsvc import window
+from memsvc import erasure, window
 from memsvc.context import message_id, record
-from memsvc.errors import InvalidCursor, InvalidInput, MessageNotFound, SessionExists, SessionNotFound
+from memsvc.errors import InvalidCursor, InvalidInput, InvalidParameter, MessageNotFound, SessionExists, SessionNotFound
 from memsvc.events import Change, Hub
 from memsvc.export import Exporter
 from memsvc.importer import Importer
@@ -104,6 +104,7 @@ class AsyncMemoryManager:
         self.max_batch = settings.max_batch
         self._max_messages = settings.max_messages_per_session
         self._idempotency_ttl = settings.idempotency_ttl_seconds
+        self._erase_batch = settings.erase_batch
 
     async def ping(self) -> None:
         await self.store.ping()
@@ -229,6 +230,21 @@ class AsyncMemoryManager:
         if not await self.store.delete_session(tenant, session_id, expected_version=expected_version):
             raise SessionNotFound(session_id)
         self._changed(tenant, session_id, Change('deleted'))
+
+    async def erase_sessions(self, tenant: str, filters: Mapping[str, str]) -> int:
+        """Erase every session whose metadata holds all of `filters` ({indexed key: value}, at least one, checked by
+        the route) with everything it holds, in steps of `MEMSVC_ERASE_BATCH` (`memsvc.erasure`); return how many
+        went. Each one's streams and long-polls learn of it as of a delete."""
+        if not filters:
+            raise InvalidParameter('metadata.<key>', 'an erasure needs at least one filter, never "every session"')
+        deleted = Change('deleted')
+        return await erasure.erase(
+            self.store,
+            tenant,
+            where_of(filters),
+            batch=self._erase_batch,
+            erased=lambda session_id: self._changed(tenant, session_id, deleted),
+        )
 
     def _changed(self, tenant: str, session_id: str, change: Change) -> None:
         """Wake this process's listeners of the session, where the store does not publish its writes itself."""

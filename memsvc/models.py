@@ -231,6 +231,11 @@ class TruncatedBody(TypedDict):
 
 
 @with_config(ConfigDict(extra='forbid'))
+class Erased(TypedDict):
+    deleted: Annotated[int, Field(ge=0, description='how many sessions this request erased')]
+
+
+@with_config(ConfigDict(extra='forbid'))
 class Status(TypedDict):
     status: str
 

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     indexed_metadata: str = Field(
         'user_id', description='metadata keys whose string values are indexed, for GET/DELETE /sessions?metadata.<key>='
     )
+    erase_batch: int = Field(
+        100, ge=1, le=1000, description='sessions an erasure deletes per step, before other requests run again'
+    )
 
     log_level: LogLevel = 'INFO'
     log_format: Literal['text', 'json'] = 'text'

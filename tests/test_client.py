@@ -22,6 +22,7 @@ from memsvc.client import (
     BackendUnavailable,
     Event,
     IdempotencyKeyReused,
+    InvalidParameter,
     InvalidSessionId,
     MemsvcClient,
     MessageNotFound,
@@ -118,6 +119,26 @@ async def test_every_route_through_typed_methods(client: AsyncMemsvcClient) -> N
         await client.get_session(sid)
     assert raised.value.status == 404
     assert raised.value.request_id
+
+
+async def test_erase_takes_one_person_s_sessions_and_answers_how_many(client: AsyncMemsvcClient) -> None:
+    person, other = _sid('person'), _sid('other')
+    mine = [(await client.create_session(metadata={'user_id': person}))['id'] for _ in range(3)]
+    theirs = (await client.create_session(metadata={'user_id': other}))['id']
+    await client.append(mine[0], {'role': 'user', 'content': 'hi'})
+    assert await client.erase(user_id=person) == 3
+    for sid in mine:
+        with pytest.raises(SessionNotFound):
+            await client.get_session(sid)
+    assert (await client.get_session(theirs))['metadata'] == {'user_id': other}
+    assert await client.erase(metadata={'user_id': person}) == 0, 'the same again: nothing left'
+    with pytest.raises(InvalidParameter) as refused:
+        await client.erase()
+    assert refused.value.status is None, 'refused before sending'
+    with pytest.raises(InvalidParameter) as answered:
+        await client.erase(email='a@b')
+    assert answered.value.status == 400
+    assert await client.erase({'user_id': other}) == 1
 
 
 async def test_errors_are_the_servers_codes_with_the_request_id(served: Served, client: AsyncMemsvcClient) -> None:
@@ -333,6 +354,7 @@ def test_the_blocking_client_is_the_async_one(served: Served) -> None:
         assert blocking.append(sid, {'role': 'user', 'content': 'hi'})['id'] == 1
         assert [m['content'] for m in blocking.messages(sid)] == ['hi']
         assert blocking.modify(sid, lambda metadata: {'n': 1})['metadata'] == {'n': 1}
+        assert blocking.erase(user_id=_sid('nobody')) == 0
         with pytest.raises(SessionNotFound):
             blocking.get_session(_sid('missing'))
         assert MemsvcClient.get_messages.__doc__ == AsyncMemsvcClient.get_messages.__doc__

@@ -44,7 +44,7 @@ def redis_kind(request: pytest.FixtureRequest) -> str:
 def documented_layout() -> list[tuple[str, str, list[str]]]:
     """(key template, type, hash fields named) for each line of the layout in the module docstring."""
     assert redis_store.__doc__ is not None
-    found = re.findall(r'^ +(\{p\}:\S+) +(HASH|LIST|ZSET|STRING) +(.*)$', redis_store.__doc__, flags=re.MULTILINE)
+    found = re.findall(r'^ +(\{p\}:\S+) +(HASH|LIST|ZSET|STRING|SET) +(.*)$', redis_store.__doc__, flags=re.MULTILINE)
     return [
         (template, kind, [re.sub(r'\(.*?\)', '', part).strip() for part in rest.split(',')])
         for template, kind, rest in found
@@ -54,7 +54,7 @@ def documented_layout() -> list[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize('store_kind', ['redis'])
 async def test_key_layout_is_the_documented_one(store: Store, raw: Client, settings: Settings) -> None:
     layout = documented_layout()
-    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'LIST', 'STRING', 'HASH', 'ZSET']
+    assert [kind for _, kind, _ in layout] == ['HASH', 'LIST', 'LIST', 'STRING', 'HASH', 'SET', 'ZSET']
     created = utc_now()
     await store.create_session(
         T, SessionRecord(id='s1', created_at=created, updated_at=created, metadata=b'{"k":"v"}', version=0)
@@ -75,7 +75,7 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
             .replace('<key>', idempotency.key)
         )
 
-    meta, msgs, counts, summary_key, idem, index = all_keys = [key(template) for template, _, _ in layout]
+    meta, msgs, counts, summary_key, idem, idems, index = all_keys = [key(template) for template, _, _ in layout]
     assert sorted(await raw.keys(f'{settings.key_prefix}:*')) == sorted(k.encode() for k in all_keys)
     for template, kind, _ in layout:
         assert await raw.type(key(template)) == kind.lower().encode(), template
@@ -86,8 +86,11 @@ async def test_key_layout_is_the_documented_one(store: Store, raw: Client, setti
         keys.counts('s1'),
         keys.summary('s1'),
         keys.idempotency('s1', idempotency.key),
+        keys.idems('s1'),
         keys.sessions(),
     ] == all_keys
+    assert await raw.smembers(idems) == {idem.encode()}
+    assert 0 < await raw.ttl(idems) <= 600, 'as long as its record'
     assert await raw.lrange(counts, 0, -1) == [b'24', b'5']
     assert await raw.get(summary_key) == summary
 

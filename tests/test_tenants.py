@@ -116,3 +116,22 @@ async def test_a_person_s_sessions_are_those_of_the_caller_s_tenant(tenants: Che
     assert [session['id'] for session in mine.json()] == ['b1']
     theirs = await tenants.get(f'{API}/sessions?metadata.user_id=u1', headers=ALICE)
     assert [session['id'] for session in theirs.json()] == ['a2', 'a1']
+
+
+async def test_an_erasure_never_reaches_another_tenant_s_sessions(tenants: CheckedClient) -> None:
+    person = {'metadata': {'user_id': 'u1'}}
+    for session_id in ('a1', 'same'):
+        assert (await tenants.post(f'{API}/sessions', headers=ALICE, json={'id': session_id, **person})).status == 201
+        await tenants.post(
+            f'{API}/sessions/{session_id}/messages', headers=ALICE, json={'role': 'user', 'content': 'a'}
+        )
+    for session_id in ('b1', 'same'):
+        assert (await tenants.post(f'{API}/sessions', headers=BOB, json={'id': session_id, **person})).status == 201
+    erased = await tenants.delete(f'{API}/sessions?metadata.user_id=u1', headers=BOB)
+    assert erased.json() == {'deleted': 2}
+    assert (await tenants.get(f'{API}/sessions', headers=BOB)).json() == []
+    theirs = await tenants.get(f'{API}/sessions?metadata.user_id=u1', headers=ALICE)
+    assert [session['id'] for session in theirs.json()] == ['same', 'a1'], 'the same metadata, the same id: kept'
+    for session_id in ('a1', 'same'):
+        kept = (await tenants.get(f'{API}/sessions/{session_id}/messages', headers=ALICE)).json()
+        assert [message['content'] for message in kept] == ['a']

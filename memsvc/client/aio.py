@@ -30,12 +30,20 @@ import aiohttp
 import orjson
 from pydantic import TypeAdapter
 
-from memsvc.client.errors import ApiError, InvalidSessionId, MessageNotFound, PreconditionFailed, TransportError
+from memsvc.client.errors import (
+    ApiError,
+    InvalidParameter,
+    InvalidSessionId,
+    MessageNotFound,
+    PreconditionFailed,
+    TransportError,
+)
 from memsvc.client.events import Event, EventStream
 from memsvc.client.transport import DEFAULT_RETRIES, NO_RETRIES, Answer, Replay, Retries, Transport, new_idempotency_key
 from memsvc.client.versions import IfMatch, Versioned, if_match_header, metadata_patch
 from memsvc.models import (
     ContextWindowBody,
+    Erased,
     ImportResult,
     JsonObject,
     Message,
@@ -62,6 +70,7 @@ _SUMMARY: TypeAdapter[SummaryBody] = TypeAdapter(SummaryBody)
 _CONTEXT: TypeAdapter[ContextWindowBody] = TypeAdapter(ContextWindowBody)
 _HITS: TypeAdapter[list[SearchHitBody]] = TypeAdapter(list[SearchHitBody])
 _TRUNCATED: TypeAdapter[TruncatedBody] = TypeAdapter(TruncatedBody)
+_ERASED: TypeAdapter[Erased] = TypeAdapter(Erased)
 _LINE: TypeAdapter[SessionLine] = TypeAdapter(SessionLine)
 _IMPORTED: TypeAdapter[ImportResult] = TypeAdapter(ImportResult)
 
@@ -265,6 +274,26 @@ class AsyncMemsvcClient:
     async def delete_session(self, session_id: str, *, if_match: IfMatch | None = None) -> None:
         """Delete the session, its messages and its summary."""
         await self._unkeyed('DELETE', _session_path(session_id), headers=if_match_header(if_match))
+
+    async def erase(
+        self,
+        /,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109  (per attempt: the transport's, as for every call)
+        **filters: str,
+    ) -> int:
+        """Erase one person's sessions: every session whose metadata holds all of these string values under indexed
+        keys (`erase(user_id='123')`, or `erase(metadata={'user_id': '123'})`, also for a key that is not a Python
+        name), with their messages, summaries and idempotency records; how many went. Without a filter it refuses,
+        unsent. Retried like a read (after a failure the same erasure finishes the job; the count is then the last
+        attempt's); `timeout` is per attempt, long enough for many thousands of sessions."""
+        wanted = {**(metadata or {}), **filters}
+        if not wanted:
+            raise InvalidParameter('metadata.<key>: an erasure needs at least one filter, never "every session"')
+        params = {f'metadata.{key}': value for key, value in wanted.items()}
+        answer = await self._send('DELETE', f'{API}/sessions', params=params, timeout=timeout)
+        return _parse(_ERASED, answer.body)['deleted']
 
     async def fork(
         self,

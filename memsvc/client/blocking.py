@@ -118,6 +118,7 @@ class MemsvcClient:
     update_metadata = _blocking(AsyncMemsvcClient.update_metadata)
     modify = _blocking(AsyncMemsvcClient.modify)
     delete_session = _blocking(AsyncMemsvcClient.delete_session)
+    erase = _blocking(AsyncMemsvcClient.erase)
     fork = _blocking(AsyncMemsvcClient.fork)
     append = _blocking(AsyncMemsvcClient.append)
     append_many = _blocking(AsyncMemsvcClient.append_many)

@@ -4,7 +4,8 @@ from aiohttp import web
 
 from memsvc.appkeys import MANAGER, SETTINGS, TENANT
 from memsvc.declare import JsonBody, Operation, QueryFamily, Reply, ResponseHeader, bool_query, int_query, text_query
-from memsvc.models import NewFork, NewSession, Session, StoredSession, Success
+from memsvc.errors import InvalidParameter
+from memsvc.models import Erased, NewFork, NewSession, Session, StoredSession, Success
 from memsvc.routes.common import (
     API,
     ETAG,
@@ -79,6 +80,33 @@ async def list_sessions(request: web.Request) -> web.Response:
         for body, count in zip(bodies, counts, strict=True):
             body['message_count'] = count
     return json_response(bodies, headers=headers)
+
+
+@routes.delete(
+    f'{API}/sessions',
+    Operation(
+        'eraseSessions',
+        "Erase one person's sessions: every session whose metadata holds the filters' values",
+        {200: Reply(Erased, 'how many sessions went')},
+        errors=(400, 401),
+        params=(METADATA,),
+        description='`metadata.<key>=<value>` (at least one; several: all of them) selects the sessions as the '
+        'filtered listing does, through the metadata index; each goes with its messages, summary, vectors (Chroma), '
+        'index entries and the idempotency records of its writes (a single DELETE keeps those). Without a filter: 400 '
+        '`invalid_parameter`, never "every session"; a key that is not indexed is 400 naming the indexed ones. The '
+        'sessions go in steps of MEMSVC_ERASE_BATCH, other requests running between them; `deleted` counts this '
+        'request\'s. After a failure (503, a lost answer) send it again: it finishes the job (README, "Erasing one '
+        'person\'s sessions"). Open streams of an erased session get `deleted`, as after a DELETE of it.',
+    ),
+)
+async def erase_sessions(request: web.Request) -> web.Response:
+    keys = request.app[SETTINGS].indexed_keys()
+    filters = METADATA.get(request, keys)
+    if not filters:
+        names = ', '.join(f'{METADATA.prefix}{key}=<value>' for key in keys)
+        raise InvalidParameter(f'{METADATA.prefix}<key>', f'an erasure needs at least one filter ({names})')
+    deleted = await request.app[MANAGER].erase_sessions(request[TENANT], filters)
+    return json_response({'deleted': deleted})
 
 
 @routes.post(

@@ -358,7 +358,14 @@ class Store(Protocol):
     ) -> SessionRecord | None:
         """Replace the metadata with `apply(current)` atomically; `apply` may raise to abort."""
 
-    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool: ...
+    async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
+        """Remove the session, its messages, summary, vectors and index entries. Its idempotency records stay (but on
+        Chroma), so that a retry of a write whose answer was lost replays it rather than writing again."""
+
+    async def erase_session(self, tenant: str, session_id: str) -> bool:
+        """`delete_session` without a version check, and with the session's idempotency records (which hold what
+        its writes answered): what an erasure (`memsvc.erasure`) does to each session. The records go also when the
+        session is gone (False), so that a repeated erasure finishes what a stopped one left."""
 
     async def append_messages(
         self,

@@ -166,6 +166,9 @@ class InstrumentedStore:
         call = self.inner.delete_session(tenant, session_id, expected_version=expected_version)
         return await self._call('delete_session', call)
 
+    async def erase_session(self, tenant: str, session_id: str) -> bool:
+        return await self._call('erase_session', self.inner.erase_session(tenant, session_id))
+
     async def append_messages(
         self,
         tenant: str,

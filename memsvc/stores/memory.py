@@ -134,6 +134,8 @@ class _Tenant:
         """Sessions written since the listing was last sorted: their `listed` place is out of date."""
         self.index = ValueIndex()
         self.recorded: dict[tuple[str, str], _Recorded] = {}
+        self.recorded_for: dict[str, dict[str, None]] = {}
+        """Each session's recorded keys (in `recorded`), so that erasing it finds them without a walk of all."""
 
     def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | Summarized | None:
         """The recorded result of this key's first request, if there is one."""
@@ -157,8 +159,22 @@ class _Tenant:
             if self.recorded[oldest].expires >= now:
                 break
             del self.recorded[oldest]
+            self._unlist(*oldest)
         expires = now + idempotency.ttl_seconds
         self.recorded[session_id, idempotency.key] = _Recorded(idempotency.fingerprint, expires, result)
+        self.recorded_for.setdefault(session_id, {})[idempotency.key] = None
+
+    def _unlist(self, session_id: str, key: str) -> None:
+        keys = self.recorded_for.get(session_id)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self.recorded_for[session_id]
+
+    def forget(self, session_id: str) -> None:
+        """Drop the session's idempotency records (a delete keeps them; an erasure does not)."""
+        for key in self.recorded_for.pop(session_id, ()):
+            self.recorded.pop((session_id, key), None)
 
     def add(self, session: _Session) -> None:
         self.sessions[session.id] = session
@@ -325,6 +341,15 @@ class MemoryStore:
         if session is None:
             return False
         _check_version(session_id, session, expected_version)
+        part.remove(session)
+        return True
+
+    async def erase_session(self, tenant: str, session_id: str) -> bool:
+        part = self._tenant(tenant)
+        part.forget(session_id)
+        session = part.sessions.get(session_id)
+        if session is None:
+            return False
         part.remove(session)
         return True
 

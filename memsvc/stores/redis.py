@@ -7,6 +7,7 @@ Key layout (`p` is `MEMSVC_KEY_PREFIX`; the hash tag `{<tenant>/<id>}` keeps a s
     {p}:{<tenant>/<id>}:counts      LIST  the messages' records (decimal; `memsvc.context.record`), oldest first
     {p}:{<tenant>/<id>}:summary     STRING  the summary as the API answers it
     {p}:{<tenant>/<id>}:idem:<key>  HASH  fingerprint, result (what the write answered; `key` a digest)
+    {p}:{<tenant>/<id>}:idems       SET   the names of the session's `:idem:` keys, for an erasure to find them
     {p}:<tenant>:sessions           ZSET  session id -> updated_at (µs); ties list in descending id order
     {p}:{<tenant>/<id>}:events      (S)PUBLISH channel, not a key: each write's wake-up (`memsvc.events`)
 
@@ -38,7 +39,9 @@ were have none, and are counted when read); it is pushed, trimmed, cleared and d
 `msgs`. Trimming never leaves a tool message first: the tool messages right after the cut go with it. The summary
 is cleared with the messages (it covers messages that are gone), and by a truncation below its `through_id`. An
 `:idem:` record is written by the write that carried an Idempotency-Key, in the same script, and lives for the
-key's own TTL. Nothing is cached in the process.
+key's own TTL; its name joins `:idems`, which lives as long as the longest-lived of them. A delete leaves both (a
+retry replays its first answer); an erasure (`ERASE`) deletes them with the session. Nothing is cached in the
+process.
 
 Every write is one Lua script (`redis_scripts`) that creates the session if needed, takes ids, pushes,
 trims, bumps `updated_at` and `version`, and sets the idle TTL on all of the session's keys together — it
@@ -180,17 +183,19 @@ class RedisStore(RedisReads):
     ) -> list[Arg]:
         """The values every session script takes first (`lua.SESSION`), bound."""
         micros = to_micros(now)
-        if idempotency is None:
+        if idempotency is None:  # no record is written: `idems` is not touched, and needs no name of its own
             idem, fingerprint, idem_ttl = keys.idempotency(session_id, '-'), '', 0
+            idems = idem
         else:
             idem, fingerprint = keys.idempotency(session_id, idempotency.key), idempotency.fingerprint
-            idem_ttl = idempotency.ttl_seconds
+            idem_ttl, idems = idempotency.ttl_seconds, keys.idems(session_id)
         return lua.SESSION.bind(
             meta=keys.meta(session_id),
             msgs=keys.msgs(session_id),
             counts=keys.counts(session_id),
             summary=keys.summary(session_id),
             idem=idem,
+            idems=idems,
             sessions=None if self._index_beside else keys.sessions(),
             now=str(micros),
             ttl=self._ttl,
@@ -290,6 +295,22 @@ class RedisStore(RedisReads):
         if status == b'ok' and self._index_beside:
             await self._index.unindex(keys.index, [session_id])
         return status == b'ok'
+
+    async def erase_session(self, tenant: str, session_id: str) -> bool:
+        keys = self._keys(tenant)
+        call = lua.ERASE.bind(
+            meta=keys.meta(session_id),
+            msgs=keys.msgs(session_id),
+            counts=keys.counts(session_id),
+            summary=keys.summary(session_id),
+            idems=keys.idems(session_id),
+            sessions=None if self._index_beside else keys.sessions(),
+            session_id=session_id,
+        )
+        erased = as_bytes((await self._redis.script(call))[0]) == b'ok'
+        if erased and self._index_beside:  # as a delete does; an entry a stop here leaves, reads drop (repair)
+            await self._index.unindex(keys.index, [session_id])
+        return erased
 
     async def append_messages(
         self,

@@ -103,7 +103,7 @@ refresh(now)
 record('fork')
 return {'ok'}
 """,
-    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'copy_msgs', 'copy_counts', 'sessions?'),
+    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'idems', 'copy_msgs', 'copy_counts', 'sessions?'),
     args=(
         'now',
         'ttl',
@@ -281,6 +281,7 @@ class RedisForks:
             counts=keys.counts(target),
             summary=keys.summary(target),
             idem=keys.idempotency(target, idempotency.key if idempotency else '-'),
+            idems=keys.idems(target),
             copy_msgs=copy_msgs,
             copy_counts=copy_counts,
             sessions=None if store._index_beside else keys.sessions(),

@@ -47,6 +47,10 @@ class RedisKeys:
         """The record of an Idempotency-Key (`key` is its digest), beside the session it wrote to."""
         return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idem:{key}'
 
+    def idems(self, session_id: str) -> str:
+        """The names of the session's `idempotency` records, for an erasure to find them."""
+        return f'{self.prefix}:{{{self.tenant}/{session_id}}}:idems'
+
     def sessions(self) -> str:
         return self.index.sessions
 

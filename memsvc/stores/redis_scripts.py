@@ -49,6 +49,8 @@ local function record(result)
   if fingerprint ~= '' then
     redis.call('HSET', idem, 'fingerprint', fingerprint, 'result', result)
     redis.call('EXPIRE', idem, idem_ttl)
+    redis.call('SADD', idems, idem)  -- what an erasure deletes; it lives as long as its longest-lived record
+    if redis.call('TTL', idems) < idem_ttl then redis.call('EXPIRE', idems, idem_ttl) end
   end
 end
 local function stale(version)  -- nil when the If-Match holds (or there is none)
@@ -58,7 +60,7 @@ local function stale(version)  -- nil when the If-Match holds (or there is none)
   return nil
 end
 """,
-    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'sessions?'),
+    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'idems', 'sessions?'),
     args=('now', 'ttl', 'cutoff', 'session_id', 'expected', 'fingerprint', 'idem_ttl'),
 )
 
@@ -275,6 +277,27 @@ return {'ok'}
 """,
     keys=('meta', 'msgs', 'counts', 'summary', 'sessions?'),
     args=('session_id', 'expected'),
+)
+
+# DELETE without a version check, and with the session's idempotency records, named in `idems` (which a DELETE
+# keeps, so that a retry replays its first answer): what an erasure does to each session. The records go first,
+# also when the session is gone, so that a repeated erasure finishes what a failed one left. 'ok' or 'gone'.
+ERASE = Script(
+    'erase',
+    INDEX,
+    NOTIFY,
+    """
+local names = redis.call('SMEMBERS', idems)
+for from = 1, #names, 1000 do redis.call('DEL', unpack(names, from, math.min(from + 999, #names))) end
+redis.call('DEL', idems)
+if redis.call('EXISTS', meta) == 0 then return {'gone'} end
+redis.call('DEL', meta, msgs, counts, summary)
+if sessions then unindex(session_id) end
+notify('deleted')
+return {'ok'}
+""",
+    keys=('meta', 'msgs', 'counts', 'summary', 'idems', 'sessions?'),
+    args=('session_id',),
 )
 
 # `limit`, `before`, `after`: '' = not given. Same arithmetic as the memory store. Returns the messages

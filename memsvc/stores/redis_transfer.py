@@ -117,7 +117,7 @@ end
 if version then notify('deleted') end
 return {'ok'}
 """,
-    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'copy_msgs', 'copy_counts', 'sessions?'),
+    keys=('meta', 'msgs', 'counts', 'summary', 'idem', 'idems', 'copy_msgs', 'copy_counts', 'sessions?'),
     args=(
         'now',
         'ttl',
@@ -246,6 +246,7 @@ class RedisImport:
             counts=keys.counts(session_id),
             summary=keys.summary(session_id),
             idem=keys.idempotency(session_id, '-'),
+            idems=keys.idems(session_id),
             copy_msgs=self.copy[0],
             copy_counts=self.copy[1],
             sessions=None if store._index_beside else keys.sessions(),

@@ -329,6 +329,20 @@ class ChromaStore:
     async def delete_session(self, tenant: str, session_id: str, *, expected_version: int | None = None) -> bool:
         return await self._writes.locked(tenant, session_id, self._delete_session, expected_version)
 
+    async def erase_session(self, tenant: str, session_id: str) -> bool:
+        return await self._writes.locked(tenant, session_id, self._erase_session)
+
+    async def _erase_session(self, tenant: str, session_id: str) -> bool:
+        """A delete in the other order: the session record, which the index finds, goes last, so that an erasure
+        stopped half-way leaves the session listed under its filter, and the same erasure again finishes it."""
+        row = await self._read(tenant, session_id)
+        await self._delete_messages(tenant, session_id)
+        keys = where({'idem_tenant': tenant}, {'idem_session': session_id})
+        await self._chroma(Chroma.delete, self._layout.sessions, where=keys)
+        if row is not None:
+            await self._chroma(Chroma.delete, self._layout.sessions, ids=[session_record_id(tenant, session_id)])
+        return row is not None
+
     async def _delete_session(self, tenant: str, session_id: str, expected_version: int | None) -> bool:
         row = await self._read(tenant, session_id)
         if row is not None:
