@@ -103,7 +103,7 @@ RETRY_AFTER_SECONDS = '1'
 Envelope = Callable[[MemsvcError], web.Response]
 """How a group of routes answers an error: ours is `error_response_for`; part 2's `/v1` has its own shape."""
 
-_HOT_PATHS = ('/messages', '/items')
+_HOT_PATHS = ('/messages', '/context', '/items')
 UNMATCHED = '(unmatched)'
 """The route label, in the metrics, of requests that match no route."""
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
@@ -158,9 +158,10 @@ def endpoints(tables: 'Sequence[RouteTable]', keyring: Keyring | None, metrics: 
     in that table's envelope) and `unmatched` for every other path last, for `app.add_routes`. Errors are
     answered in each table's envelope (ours unless it names another).
 
-    The message routes (and `/v1`'s items) come first. aiohttp tries the resources under one path prefix (here
-    every `/api/v1/chat/sessions...`) in the order they were added, matching each one's regex, and a gateway
-    reads and appends messages on every turn: first, those requests skip the other resources' regexes.
+    The message and context routes (and `/v1`'s items) come first. aiohttp tries the resources under one path prefix
+    (here every `/api/v1/chat/sessions...`) in the order they were added, matching each one's regex, and a gateway
+    reads and appends messages, or reads its context window, on every turn: first, those requests skip the other
+    resources' regexes.
     No two of our paths match the same URL, so the order changes nothing else.
     """
     wrapped = []

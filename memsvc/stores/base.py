@@ -251,7 +251,7 @@ def join_newest(messages: Sequence[bytes], count: int) -> bytes:
 
 
 class WindowRead(NamedTuple):
-    """What the context window reads first, in one step (on Redis one script, one round trip)."""
+    """What the context window reads first, in one step (on Redis one round trip)."""
 
     messages: Sequence[bytes]
     """The newest `limit` messages (all without one), oldest first."""

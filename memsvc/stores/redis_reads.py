@@ -3,17 +3,20 @@ the reads of sessions, the listing, messages and the summary.
 
 Reads are plain commands where they can be, which cost redis-server less CPU than a script doing the same reads:
 the last N messages are one LRANGE (with EXISTS in a MULTI/EXEC only when the list is empty, to tell an empty
-session from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE. A read by id range (before/after) runs
-GET_MESSAGES, which maps ids to positions (across the session's gaps, when it has some).
+session from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE, the context window's first read a
+MULTI/EXEC of six commands (READ_WINDOW only for a session whose leading system/developer run it must read too).
+A read by id range (before/after) runs GET_MESSAGES, which maps ids to positions (across the session's gaps, when
+it has some).
 """
 
 from collections.abc import Sequence
 from typing import Any
 
+from memsvc.context import message_id
 from memsvc.errors import SummaryNotFound
 from memsvc.models import SessionRecord, StoredSession, from_micros, json_array
 from memsvc.stores import redis_scripts as lua
-from memsvc.stores.base import CountedPage, ListCursor, MessageRange, WindowRead
+from memsvc.stores.base import CountedPage, ListCursor, MessageRange, WindowRead, is_instruction
 from memsvc.stores.index import Where, matches
 from memsvc.stores.redis_index import IndexKeys, RedisIndex
 from memsvc.stores.redis_lua import Script
@@ -305,7 +308,34 @@ class RedisReads:
         return as_bytes(summary)
 
     async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
+        """Plain commands in one MULTI/EXEC, which cost redis-server far less than READ_WINDOW: the newest `limit`
+        messages and records, the count, the oldest message and the summary. The script runs only when the
+        session has a leading system/developer run that the newest messages do not reach (its oldest message is
+        one), to read that run in the same atomic step."""
         keys = self._keys(tenant)
+        msgs = keys.msgs(session_id)
+        first = -limit if limit is not None else 0
+        exists, held, messages, records, oldest, summary = await self._redis.transaction(
+            ('EXISTS', keys.meta(session_id)),
+            ('LLEN', msgs),
+            ('LRANGE', msgs, first, -1),
+            ('LRANGE', keys.counts(session_id), first, -1),
+            ('LINDEX', msgs, 0),
+            ('GET', keys.summary(session_id)),
+        )
+        if not exists:
+            return None
+        held = int(held)
+        if len(messages) < held and is_instruction(oldest, 0):
+            return await self._read_window_script(keys, session_id, limit, head)
+        values = list(map(int, records))
+        if len(values) < len(messages):  # the oldest, stored before records were
+            values[:0] = [0] * (len(messages) - len(values))
+        return WindowRead(messages, values, held, message_id(oldest) if held else 0, [], [], summary)
+
+    async def _read_window_script(
+        self, keys: RedisKeys, session_id: str, limit: int | None, head: int
+    ) -> WindowRead | None:
         call = READ_WINDOW.bind(
             meta=keys.meta(session_id),
             msgs=keys.msgs(session_id),
