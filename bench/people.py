@@ -3,6 +3,8 @@
 - **Filtered listing**: 100,000 sessions of 5,000 people (`user_id`), of which one person holds 20; the listing of
   that person's sessions (`?metadata.user_id=…&limit=20`) against the unfiltered listing (`?limit=20`), both without
   messages, in alternating wrk rounds on the same process (in_memory, then redis). Target: filtered >= 0.8 x.
+- **Erasure** (`bench/erasure.py`), then on the same process: 10,000 sessions of one more person erased while wrk
+  reads the last 20 messages of another session. Target: those req/s during the erasure >= 0.8 x undisturbed.
 
 Loading: on redis the sessions are written straight through a `RedisStore` of this process (the store's own code,
 so the same keys and index as the server's), which takes seconds; in_memory can only be loaded over HTTP.
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.erasure import erasure, erasure_targets
 from bench.measure import API, Run, Scenario, timed_run
 from bench.servers import Server, start_memsvc
 from memsvc.models import SessionRecord, utc_now
@@ -94,6 +97,7 @@ def section_people(workdir: Path, redis_server: RedisServer, seconds: int, warmu
             for _ in range(ROUNDS):
                 for scenario in (UNFILTERED, FILTERED):
                     runs[scenario.name].append(timed_run(server, scenario, seconds))
+            erased = erasure(server, store, redis_server, KEY_PREFIX)
         finally:
             server.stop()
         ratio = statistics.median(
@@ -108,6 +112,7 @@ def section_people(workdir: Path, redis_server: RedisServer, seconds: int, warmu
             'filtered_p99_ms': statistics.median(r.p99_ms for r in runs[FILTERED.name]),
             'filtered_ratio': ratio,
             'errors': sum(r.errors for rs in runs.values() for r in rs),
+            'erasure': erased,
         }
         row = out[store]
         print(
@@ -126,4 +131,4 @@ def people_targets(people: dict[str, Any]) -> list[dict[str, Any]]:
         )
         ratio = row['filtered_ratio']
         checks.append({'target': target, 'value': ratio, 'met': ratio >= TARGET_FILTERED_RATIO})
-    return checks
+    return checks + erasure_targets(people)

@@ -17,7 +17,7 @@ Sections: the scenarios of a chat turn, growth (append and get-last-20 on sessio
 one worker on redis, live (10,000 idle event streams, fan-out across replicas, a fork of 10,000
 messages: `bench/live.py`), client (`memsvc.client` as the load generator against wrk: `bench/client.py`),
 transfer (export and import of 1M messages: `bench/transfer.py`) and people (a filtered listing among 100,000
-sessions: `bench/people.py`).
+sessions, and an erasure of 10,000 sessions under get-last-20: `bench/people.py`, `bench/erasure.py`).
 """
 
 import argparse
@@ -301,7 +301,7 @@ def run_all(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 results['transfer'] = section_transfer(workdir, redis_server)
             if 'people' in sections:
                 _flush(redis_server)
-                print("\npeople: one person's sessions among 100,000 (in_memory, then redis)")
+                print("\npeople: one person's sessions among 100,000, and an erasure (in_memory, then redis)")
                 results['people'] = section_people(workdir, redis_server, args.seconds, args.warmup)
         finally:
             redis_server.stop(kill=True)
