@@ -9,7 +9,7 @@ import pytest
 from memsvc.models import SessionRecord, to_micros, utc_now
 from memsvc.settings import Settings
 from memsvc.stores import Store, open_store
-from memsvc.stores.base import Fork
+from memsvc.stores.base import Fork, Idempotency, MessageRange
 from memsvc.stores.index import Where
 from tests.conftest import make_settings
 from tests.helpers import body
@@ -93,3 +93,25 @@ async def test_index_session_writes_the_entries_of_the_keys_configured_now(
         assert sum([done async for done in reindex(T)]) == 2
         assert await listed(store, (('org', 'o'),)) == ['b', 'a']
         assert await listed(store, (('user_id', 'u'),)) == [], "the old key's entries are gone"
+
+
+async def test_erase_session_takes_the_idempotency_records_a_delete_keeps(store: Store) -> None:
+    """What an erasure (`memsvc.erasure`) does to each session; also to one already deleted, whose records stay."""
+    create = Idempotency(key='c' * 64, fingerprint='f' * 64, ttl_seconds=600)
+    append = Idempotency(key='a' * 64, fingerprint='f' * 64, ttl_seconds=600)
+    for session_id in ('erased', 'deleted'):
+        assert await store.create_session(T, record(session_id, 1, user_id='u'), idempotency=create) is not None
+        await store.append_messages(T, session_id, [body('secret')], START, idempotency=append)
+    assert await store.erase_session(T, 'erased')
+    assert await store.get_session(T, 'erased', with_messages=False) is None
+    assert await store.delete_session(T, 'deleted')
+    assert not await store.erase_session(T, 'deleted'), 'gone already: False, and its records go now'
+    assert not await store.erase_session(T, 'never')
+    for session_id in ('erased', 'deleted'):  # the same writes again are new ones, not replays
+        assert await store.create_session(T, record(session_id, 2, user_id='u'), idempotency=create) is not None
+        assert await store.get_session(T, session_id, with_messages=False) is not None
+        await store.append_messages(T, session_id, [body('again')], START, idempotency=append)
+        messages = await store.get_messages(T, session_id, MessageRange())
+        assert messages is not None
+        assert [m['content'] for m in orjson.loads(messages)] == ['again']
+    assert sorted(await listed(store, (('user_id', 'u'),))) == ['deleted', 'erased']
