@@ -9,36 +9,27 @@ so reads by id or from the end are slices. The gaps are an empty tuple for a ses
 message in the middle, and consulted only when they are not: ids map to positions by arithmetic, as they did
 before messages could be deleted. A deleted message leaves the log (its bytes and its end offset), shifting
 the shorter side of the log, so that the log only ever holds messages and any run of them is still one slice.
-The listing is a sorted list of
-(updated_at, id), read from its end (newest first), so a page is a bisect and a slice; a write only notes
-that its session moved, and the next listing re-sorts the sessions that moved, so that an append does not
-pay for keeping the list sorted. The metadata index (`memory_index`) is one such sorted list per (key, value), of
-the same places, sorted with the listing, so a filtered page is a walk down the shortest list its filter names.
-Idempotency records live beside the sessions of their tenant, keyed by
-(session id, key), in the order they expire.
+A tenant's sessions, their listing (newest first), their metadata index and the idempotency records of their
+writes are a `memory_tenant.Tenant`.
 
 What is held is kept out of the way of Python's cyclic garbage collector, whose full passes visit every
 object a tracked container refers to, and come each time the tracked objects have grown by a quarter:
-a session is two tracked objects (`_Session`, `MessageLog`), whatever it holds, so a pass costs per session,
+a session is two tracked objects (`Session`, `MessageLog`), whatever it holds, so a pass costs per session,
 not per message (a list of bytes per session would have the pass read the header of every message,
 a pause that shows in the tail latency of every request).
 """
 
 import asyncio
 import itertools
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
-from sortedcontainers import SortedList
 
 from memsvc.context import message_id
 from memsvc.errors import (
     ForkSourceChanged,
-    IdempotencyKeyReused,
     MessageNotFound,
     NotSupported,
     SessionExists,
@@ -48,7 +39,7 @@ from memsvc.errors import (
     SummaryNotFound,
     ThroughIdNotStored,
 )
-from memsvc.models import SearchHit, SessionRecord, StoredSession, fork_origin, to_micros, with_id
+from memsvc.models import SearchHit, SessionRecord, StoredSession, fork_origin, with_id
 from memsvc.stores import gaps as ids
 from memsvc.stores import index
 from memsvc.stores.base import (
@@ -66,178 +57,16 @@ from memsvc.stores.base import (
     Summarized,
     Truncated,
     WindowRead,
-    check_version,
     is_instruction,
     summary_through,
 )
 from memsvc.stores.index import Where
-from memsvc.stores.memory_index import ValueIndex
 from memsvc.stores.memory_log import LogCopy, MessageLog
+from memsvc.stores.memory_tenant import Session, Tenant, check_session_version, positions, stored_below
 from memsvc.stores.memory_transfer import MemoryTransfers
 
 FORK_CHUNK_BYTES = 1024 * 1024
 """The most bytes of messages one step of a fork copies (at least one message)."""
-
-
-@dataclass(slots=True)
-class _Session:
-    id: str
-    created_at: datetime
-    updated_at: datetime
-    metadata: bytes
-    version: int
-    messages: MessageLog = field(default_factory=MessageLog)
-    first_id: int = 1
-    next_id: int = 1
-    gaps: ids.Gaps = ()
-    """The ids between `first_id` and `next_id` that are not stored (`stores.gaps`)."""
-    summary: bytes = b''
-    """As `set_summary` stored it; empty when none is set."""
-    forked_from: bytes = b''
-    listed: ListCursor = (0, '')
-    """Its place in the tenant's listing, (updated_at in µs, id), as of the last time the listing was sorted."""
-    entries: Where = ()
-    """Its metadata index entries (`stores.index`), each of whose lists in `_Tenant.index` holds `listed`."""
-
-    @classmethod
-    def new(cls, record: SessionRecord) -> '_Session':
-        session = cls(record.id, record.created_at, record.updated_at, record.metadata, record.version)
-        session.forked_from = record.forked_from
-        session.listed = to_micros(record.updated_at), record.id
-        return session
-
-    def record(self) -> SessionRecord:
-        return SessionRecord(self.id, self.created_at, self.updated_at, self.metadata, self.version, self.forked_from)
-
-    def touch(self, now: datetime) -> None:
-        self.updated_at = now
-        self.version += 1
-
-
-def _check_version(session_id: str, session: _Session | None, expected: int | None) -> None:
-    check_version(session_id, None if session is None else session.version, expected)
-
-
-@dataclass(slots=True, frozen=True)
-class _Recorded:
-    fingerprint: str
-    expires: float  # time.monotonic()
-    result: SessionRecord | Appended | Summarized
-
-
-class _Tenant:
-    def __init__(self) -> None:
-        self.sessions: dict[str, _Session] = {}
-        self.listing: SortedList[ListCursor] = SortedList()
-        """Every session's `listed` place, ascending: the API lists sessions newest first, from the end."""
-        self.moved: dict[str, _Session] = {}
-        """Sessions written since the listing was last sorted: their `listed` place is out of date."""
-        self.index = ValueIndex()
-        self.recorded: dict[tuple[str, str], _Recorded] = {}
-        self.recorded_for: dict[str, dict[str, None]] = {}
-        """Each session's recorded keys (in `recorded`), so that erasing it finds them without a walk of all."""
-
-    def replay(self, session_id: str, idempotency: Idempotency | None) -> SessionRecord | Appended | Summarized | None:
-        """The recorded result of this key's first request, if there is one."""
-        if idempotency is None:
-            return None
-        found = self.recorded.get((session_id, idempotency.key))
-        if found is None or found.expires < time.monotonic():
-            return None
-        if found.fingerprint != idempotency.fingerprint:
-            raise IdempotencyKeyReused()
-        return found.result
-
-    def record(
-        self, session_id: str, idempotency: Idempotency | None, result: SessionRecord | Appended | Summarized
-    ) -> None:
-        if idempotency is None:
-            return
-        now = time.monotonic()
-        while self.recorded:  # drop expired records; the oldest come first (the TTL is one setting)
-            oldest = next(iter(self.recorded))
-            if self.recorded[oldest].expires >= now:
-                break
-            del self.recorded[oldest]
-            self._unlist(*oldest)
-        expires = now + idempotency.ttl_seconds
-        self.recorded[session_id, idempotency.key] = _Recorded(idempotency.fingerprint, expires, result)
-        self.recorded_for.setdefault(session_id, {})[idempotency.key] = None
-
-    def _unlist(self, session_id: str, key: str) -> None:
-        keys = self.recorded_for.get(session_id)
-        if keys is not None:
-            keys.pop(key, None)
-            if not keys:
-                del self.recorded_for[session_id]
-
-    def forget(self, session_id: str) -> None:
-        """Drop the session's idempotency records (a delete keeps them; an erasure does not)."""
-        for key in self.recorded_for.pop(session_id, ()):
-            self.recorded.pop((session_id, key), None)
-
-    def add(self, session: _Session) -> None:
-        self.sessions[session.id] = session
-        self.listing.add(session.listed)
-        self.index.add(session.listed, session.entries)
-
-    def remove(self, session: _Session) -> None:
-        del self.sessions[session.id]
-        self.moved.pop(session.id, None)
-        self.listing.remove(session.listed)
-        self.index.remove(session.listed, session.entries)
-
-    def reindex(self, session: _Session, entries: Where) -> None:
-        """Make `entries` the session's metadata index entries."""
-        if session.entries != entries:
-            self.index.change(session.listed, session.entries, entries)
-            session.entries = entries
-
-    def matching(self, where: Where, after: ListCursor | None) -> Iterator[_Session]:
-        """The sessions holding every entry of `where`, newest first, after the position `after` (the listing must be
-        sorted)."""
-        sessions = self.sessions
-        for session_id in self.index.walk(where, after):
-            session = sessions[session_id]
-            if all(entry in session.entries for entry in where):
-                yield session
-
-    def touch(self, session: _Session, now: datetime) -> None:
-        session.touch(now)
-        self.moved[session.id] = session
-
-    def sorted_listing(self) -> SortedList[ListCursor]:
-        """The listing, with the sessions that moved since it was last sorted in their new places."""
-        for session in self.moved.values():
-            self.listing.remove(session.listed)
-            old, session.listed = session.listed, (to_micros(session.updated_at), session.id)
-            self.listing.add(session.listed)
-            if session.entries:
-                self.index.move(old, session.listed, session.entries)
-        self.moved.clear()
-        return self.listing
-
-
-def _positions(session: _Session, selection: MessageRange) -> tuple[int, int]:
-    """The log positions lo to hi - 1 that `selection` takes."""
-    first, count = session.first_id, len(session.messages)
-    if session.gaps:
-        lo = 0 if selection.after is None else _below(session, selection.after + 1)
-        hi = count if selection.before is None else _below(session, selection.before)
-    else:
-        lo = 0 if selection.after is None else min(max(selection.after + 1 - first, 0), count)
-        hi = count if selection.before is None else min(max(selection.before - first, 0), count)
-    if selection.limit is not None and hi - lo > selection.limit:
-        if selection.after is None:
-            lo = hi - selection.limit
-        else:
-            hi = lo + selection.limit
-    return lo, hi
-
-
-def _below(session: _Session, x: int) -> int:
-    """How many stored messages have an id below `x`."""
-    return ids.stored_below(session.gaps, session.first_id, session.next_id, x)
 
 
 def _summary_covers(summary: bytes, after: int) -> bool:
@@ -249,17 +78,17 @@ class MemoryStore:
     self_timed: frozenset[str] = frozenset()
 
     def __init__(self, limits: Limits | None = None, indexed: Sequence[str] = ('user_id',)) -> None:
-        self._tenants: dict[str, _Tenant] = {}
+        self._tenants: dict[str, Tenant] = {}
         self._indexed = tuple(indexed)
         self._limits = limits or Limits()
         self._max_messages = self._limits.max_messages
         self.forks = ForkHook()
         self._transfers = MemoryTransfers(self)
 
-    def _tenant(self, tenant: str) -> _Tenant:
+    def _tenant(self, tenant: str) -> Tenant:
         part = self._tenants.get(tenant)
         if part is None:
-            part = self._tenants[tenant] = _Tenant()
+            part = self._tenants[tenant] = Tenant()
         return part
 
     async def ping(self) -> None:
@@ -329,7 +158,7 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         session.metadata = apply(session.metadata)
         part.reindex(session, index.entries(session.metadata, self._indexed))
         part.touch(session, now)
@@ -340,7 +169,7 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return False
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         part.remove(session)
         return True
 
@@ -369,13 +198,13 @@ class MemoryStore:
         if isinstance(replayed, Appended):
             return replayed
         session = part.sessions.get(session_id)
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         held = 0 if session is None else len(session.messages)
         if self._limits.reject_full and held + len(bodies) > self._max_messages > 0:
             raise SessionFull(session_id, self._max_messages)
         if session is None:
             self._check_room(part)
-            session = _Session.new(SessionRecord(session_id, now, now, b'{}', 0))
+            session = Session.new(SessionRecord(session_id, now, now, b'{}', 0))
             part.add(session)
         stored = [with_id(session.next_id + i, body) for i, body in enumerate(bodies)]
         session.messages.extend(stored, records)
@@ -443,7 +272,7 @@ class MemoryStore:
         part.record(fork.target, idempotency, record)
         return self._stored(session, with_messages)
 
-    async def _copy(self, part: _Tenant, source: _Session, through: int) -> MessageLog:
+    async def _copy(self, part: Tenant, source: Session, through: int) -> MessageLog:
         """The source's messages up to `through`, copied step by step into a new log. Each step copies the run of
         messages that holds the next ids expected (as stored when the fork began), found by id in the log as it is
         now, and checks their first and last ids: a message not yet copied that went meanwhile fails the fork."""
@@ -456,7 +285,7 @@ class MemoryStore:
                 raise ForkSourceChanged(source_id)
             log, copied = source.messages, len(copy.log)
             wanted = ids.id_at(gaps, first, copied)
-            lo = _below(source, wanted)
+            lo = stored_below(source, wanted)
             hi = min(log.chunk_end(lo, FORK_CHUNK_BYTES), lo + total - copied)
             last = ids.id_at(gaps, first, copied + hi - lo - 1)
             if hi > len(log) or message_id(log.message(lo)) != wanted or message_id(log.message(hi - 1)) != last:
@@ -468,7 +297,7 @@ class MemoryStore:
                 await asyncio.sleep(0)
         return copy.done()
 
-    def _replayed(self, part: _Tenant, session_id: str, with_messages: bool) -> StoredSession:
+    def _replayed(self, part: Tenant, session_id: str, with_messages: bool) -> StoredSession:
         session = part.sessions.get(session_id)
         if session is None:
             raise SessionNotFound(session_id)
@@ -478,14 +307,14 @@ class MemoryStore:
         session = self._tenant(tenant).sessions.get(session_id)
         if session is None:
             return None
-        return session.messages.json_array(*_positions(session, selection))
+        return session.messages.json_array(*positions(session, selection))
 
     async def get_counted_messages(self, tenant: str, session_id: str, selection: MessageRange) -> CountedPage | None:
         session = self._tenant(tenant).sessions.get(session_id)
         if session is None:
             return None
         log = session.messages
-        lo, hi = _positions(session, selection)
+        lo, hi = positions(session, selection)
         return CountedPage([(log.message(n), log.records[n]) for n in range(lo, hi)], len(log))
 
     async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
@@ -513,7 +342,7 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         session.messages = MessageLog()
         session.first_id = session.next_id
         session.gaps = ()
@@ -528,10 +357,10 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         if not ids.holds(session.gaps, session.first_id, session.next_id, message_id):
             raise MessageNotFound(session_id, message_id)
-        session.messages.remove(_below(session, message_id))
+        session.messages.remove(stored_below(session, message_id))
         session.first_id, session.gaps = ids.deleted(session.gaps, session.first_id, message_id)
         part.touch(session, now)
         return session.version
@@ -543,9 +372,9 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         log = session.messages
-        keep = _below(session, after + 1)
+        keep = stored_below(session, after + 1)
         removed = len(log) - keep
         if keep == 0:
             session.messages = MessageLog()
@@ -575,7 +404,7 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         if not ids.holds(session.gaps, session.first_id, session.next_id, through_id):
             raise ThroughIdNotStored(session_id, through_id)
         session.summary = summary
@@ -608,7 +437,7 @@ class MemoryStore:
         session = part.sessions.get(session_id)
         if session is None:
             return None
-        _check_version(session_id, session, expected_version)
+        check_session_version(session_id, session, expected_version)
         if not session.summary:
             raise SummaryNotFound(session_id)
         session.summary = b''
@@ -628,12 +457,12 @@ class MemoryStore:
     ) -> AbstractAsyncContextManager[ImportWriter]:
         return self._transfers.importing(tenant, image, replace=replace)
 
-    def _new(self, record: SessionRecord) -> _Session:
-        session = _Session.new(record)
+    def _new(self, record: SessionRecord) -> Session:
+        session = Session.new(record)
         session.entries = index.entries(record.metadata, self._indexed)
         return session
 
-    def _check_room(self, part: _Tenant) -> None:
+    def _check_room(self, part: Tenant) -> None:
         if self._limits.max_sessions and len(part.sessions) >= self._limits.max_sessions:
             raise SessionLimitReached(self._limits.max_sessions)
 
@@ -643,6 +472,6 @@ class MemoryStore:
         raise NotSupported('semantic search needs the Chroma backend (MEMORY_TYPE=chroma); this server runs in_memory')
 
     @staticmethod
-    def _stored(session: _Session, with_messages: bool) -> StoredSession:
+    def _stored(session: Session, with_messages: bool) -> StoredSession:
         messages = session.messages
         return StoredSession(session.record(), messages.json_array(0, len(messages)) if with_messages else b'[]')

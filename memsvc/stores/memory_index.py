@@ -1,6 +1,6 @@
 """The metadata index of the in-memory store (`memory.py`): for each (key, value) entry (`stores.index`), the listing
 places of the sessions holding it, in one sorted list per entry, sorted with the listing (a session's place is the
-same in the listing and in each of its entries' lists, `_Session.listed`)."""
+same in the listing and in each of its entries' lists, `memory_tenant.Session.listed`)."""
 
 from collections.abc import Iterator, Sequence
 
