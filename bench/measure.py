@@ -124,6 +124,48 @@ def measure(
     return {server.name: figures(runs[server.name], ceiling, seconds) for server in targets}
 
 
+NATIVE: dict[str, str] = {'context': 'get_last_20', 'v1_list': 'get_last_20', 'v1_pair': 'append_pair'}
+"""The scenarios whose targets are a ratio to another scenario of the same store (issues 14 and 17): each is
+measured in the same rounds as that one (`measure_together`), and the ratio is taken round by round."""
+
+
+def measure_together(
+    targets: Sequence[Server],
+    scenarios: Sequence[Scenario],
+    *,
+    rounds: int,
+    seconds: int,
+    warmup: int,
+    connections: int = CONNECTIONS,
+) -> dict[str, dict[str, Any]]:
+    """`measure` of several scenarios in the same rounds: each round runs every scenario on every target, so a
+    machine that drifts (a shared VM's speed moves between minutes) moves them together. A scenario in `NATIVE`
+    whose native one is among `scenarios` also gets `vs_native` per memsvc: the median over rounds of its req/s
+    against the native scenario's in the same round."""
+    for scenario in scenarios:
+        for server in targets:
+            wrk(server.url, scenario, warmup, connections=connections)
+    runs: dict[tuple[str, str], list[Run]] = {(s.name, t.name): [] for s in scenarios for t in targets}
+    for _ in range(rounds):
+        for scenario in scenarios:
+            for server in targets:
+                runs[scenario.name, server.name].append(timed_run(server, scenario, seconds, connections=connections))
+    out: dict[str, dict[str, Any]] = {}
+    for scenario in scenarios:
+        ceiling = runs[scenario.name, targets[0].name]
+        out[scenario.name] = {t.name: figures(runs[scenario.name, t.name], ceiling, seconds) for t in targets}
+    names = {s.name for s in scenarios}
+    for scenario in scenarios:
+        native = NATIVE.get(scenario.name)
+        if native not in names:
+            continue
+        for server in targets[1:]:
+            pairs = zip(runs[scenario.name, server.name], runs[native, server.name], strict=True)
+            ratio = statistics.median(mine.rps / base.rps for mine, base in pairs)
+            out[scenario.name][server.name]['vs_native'] = ratio
+    return out
+
+
 def timed_run(server: Server, scenario: Scenario, seconds: int, *, connections: int = CONNECTIONS) -> Run:
     """One wrk run against `server`, with the server's CPU time during it."""
     before = server.cpu_seconds()

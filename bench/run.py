@@ -41,6 +41,7 @@ from bench.measure import (
     CONTEXT_LEVELS,
     GROWTH_LEVELS,
     GROWTH_SESSIONS,
+    NATIVE,
     Run,
     Scenario,
     figures,
@@ -48,6 +49,7 @@ from bench.measure import (
     growth_scenario,
     main_scenarios,
     measure,
+    measure_together,
     preload,
     stored_size,
     timed_run,
@@ -77,14 +79,40 @@ def section_main(
     rounds: int,
     connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
+    """Each scenario in its own rounds, but those compared with another (`measure.NATIVE`: the context window and
+    the /v1 list with get-last-20, the /v1 pair with the native pair), which run in the same rounds as it, at the
+    place of the first of them; the /v1 pair's group goes last (its pairs grow the sessions the reads read)."""
     results: dict[str, Any] = {}
-    for scenario in scenarios:
-        measured = measure(
-            targets, scenario, rounds=rounds, seconds=args.seconds, warmup=args.warmup, connections=connections
-        )
-        results[scenario.name] = {'label': scenario.label, **measured}
-        print_rows(scenario, results[scenario.name], targets)
+    for group in _groups(scenarios):
+        if len(group) == 1:
+            measured = {group[0].name: measure(targets, group[0], rounds=rounds, seconds=args.seconds,
+                                                warmup=args.warmup, connections=connections)}  # fmt: skip
+        else:
+            measured = measure_together(
+                targets, group, rounds=rounds, seconds=args.seconds, warmup=args.warmup, connections=connections
+            )
+        for scenario in group:
+            results[scenario.name] = {'label': scenario.label, **measured[scenario.name]}
+            print_rows(scenario, results[scenario.name], targets)
+        for scenario in group:
+            if scenario.name in NATIVE and 'vs_native' in results[scenario.name][targets[-1].name]:
+                ratios = ', '.join(
+                    f'{server.name} {results[scenario.name][server.name]["vs_native"]:.2f}' for server in targets[1:]
+                )
+                print(f'  {scenario.name} / {NATIVE[scenario.name]}, req/s in the same rounds: {ratios}', flush=True)
     return results
+
+
+def _groups(scenarios: Sequence[Scenario]) -> list[list[Scenario]]:
+    """`scenarios` in runs of one, but each in `NATIVE` with its native one (when both are given)."""
+    names = {s.name for s in scenarios}
+    together = {name: native for name, native in NATIVE.items() if name in names and native in names}
+    groups: dict[str, list[Scenario]] = {}
+    for scenario in scenarios:
+        key = together.get(scenario.name, scenario.name)
+        groups.setdefault(key, []).append(scenario)
+    ordered = sorted(groups.values(), key=lambda group: any(s.name == 'v1_pair' for s in group))
+    return ordered
 
 
 def section_memory(store: str, workdir: Path, redis_server: RedisServer | None) -> dict[str, Any]:
