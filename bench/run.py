@@ -38,6 +38,7 @@ from bench.client import section_client
 from bench.live import section_live
 from bench.measure import (
     CONNECTIONS,
+    CONTEXT_FULL_LEVEL,
     CONTEXT_LEVELS,
     GROWTH_LEVELS,
     GROWTH_SESSIONS,
@@ -246,8 +247,9 @@ def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Name
 
 
 def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[str, Any]:
-    """Append and get-last-20 on sessions that already hold 10 / 1,000 / 100,000 messages, the context window
-    (max_tokens 4000) on those of 10 and 100,000.
+    """Append, get-last-20 and the context window (max_tokens 4000) on sessions that already hold 10 / 1,000 /
+    100,000 messages. The context window is compared with its own at 1,000 too (`vs_full_window`): at 10 it
+    answers the 10 messages there are, from 1,000 on the 68 that fit, so only that comparison is like for like.
 
     All levels are measured in the same rounds (the ceiling, then every memsvc at every level), and each
     level's throughput is compared with the lowest level's of the same round: the machine's speed moves
@@ -290,6 +292,11 @@ def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[
                 row[server.name]['vs_lowest'] = statistics.median(
                     r.rps / low.rps for r, low in zip(runs_here, lowest, strict=True)
                 )
+                if op == 'context':  # the same window at both levels: only the history differs
+                    full = mine[CONTEXT_FULL_LEVEL, server.name]
+                    row[server.name]['vs_full_window'] = statistics.median(
+                        r.rps / low.rps for r, low in zip(runs_here, full, strict=True)
+                    )
             print_rows(scenario, row, targets, growth=True)
     return out
 
