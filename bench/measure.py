@@ -27,9 +27,10 @@ BATCH = 100
 LAST_20 = '/sessions/{id}/messages?limit=20'
 CONTEXT = '/sessions/{id}/context?max_tokens=4000'  # format=openai is the default
 CONTEXT_LEVELS = GROWTH_LEVELS
-CONTEXT_FULL_LEVEL = GROWTH_LEVELS[1]
-"""The lowest level whose window is full: 4,000 tokens hold about 68 of the bench's messages, so a session of 10
-answers 10 and one of 1,000 or more the same 68. Flat with history is measured against it, like for like."""
+FULL_READ_LEVEL = GROWTH_LEVELS[1]
+"""The lowest level at which a read answers as much as at the highest: a session of 10 answers 10 messages, one of
+1,000 or more 20 (get-last-20) or the 68 that fit 4,000 tokens (the context window). Flat with history is measured
+against it, like for like."""
 LIST_20 = '/sessions?limit=20&include_messages=false'  # the session records; their messages would dwarf them
 V1_LIST_20 = '/conversations/{id}/items?limit=20&order=desc'  # as the SDKs ask, under api=/v1
 

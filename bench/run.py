@@ -38,8 +38,8 @@ from bench.client import section_client
 from bench.live import section_live
 from bench.measure import (
     CONNECTIONS,
-    CONTEXT_FULL_LEVEL,
     CONTEXT_LEVELS,
+    FULL_READ_LEVEL,
     GROWTH_LEVELS,
     GROWTH_SESSIONS,
     NATIVE,
@@ -248,8 +248,9 @@ def run_throughput(workdir: Path, redis_server: RedisServer, args: argparse.Name
 
 def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[str, Any]:
     """Append, get-last-20 and the context window (max_tokens 4000) on sessions that already hold 10 / 1,000 /
-    100,000 messages. The context window is compared with its own at 1,000 too (`vs_full_window`): at 10 it
-    answers the 10 messages there are, from 1,000 on the 68 that fit, so only that comparison is like for like.
+    100,000 messages. Reads are compared with their own at 1,000 too (`vs_full_window`): at 10 they answer the
+    10 messages there are, from 1,000 on 20 (get-last-20) or the 68 that fit (the context window), so only that
+    comparison is like for like.
 
     All levels are measured in the same rounds (the ceiling, then every memsvc at every level), and each
     level's throughput is compared with the lowest level's of the same round: the machine's speed moves
@@ -292,8 +293,8 @@ def section_growth(targets: Sequence[Server], args: argparse.Namespace) -> dict[
                 row[server.name]['vs_lowest'] = statistics.median(
                     r.rps / low.rps for r, low in zip(runs_here, lowest, strict=True)
                 )
-                if op == 'context':  # the same window at both levels: only the history differs
-                    full = mine[CONTEXT_FULL_LEVEL, server.name]
+                if op != 'append':  # reads answer as much from 1,000 on as at 100,000: only the history differs
+                    full = mine[FULL_READ_LEVEL, server.name]
                     row[server.name]['vs_full_window'] = statistics.median(
                         r.rps / low.rps for r, low in zip(runs_here, full, strict=True)
                     )
