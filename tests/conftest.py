@@ -18,9 +18,10 @@ from memsvc.stores import Store, open_store
 from tests.chroma_server import ChromaServer, chroma_server
 from tests.conformance import CheckedClient, Conformance
 from tests.helpers import is_memsvc_variable
-from tests.servers import RedisClusterServers, RedisServer, redis_cluster, redis_server
+from tests.servers import RedisClusterServers, RedisServer, own_redis, redis_cluster, redis_server
 
-__all__ = ['chroma_server', 'redis_cluster', 'redis_server']  # fixtures, re-exported so that pytest finds them
+# fixtures, re-exported so that pytest finds them
+__all__ = ['chroma_server', 'own_redis', 'redis_cluster', 'redis_server']
 
 STORE_KINDS = ['in_memory', 'redis', 'redis_cluster', 'chroma', 'chroma_server']
 

@@ -269,6 +269,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop(kill=True)
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop, pause and restart."""
+    server = RedisServer.start(tmp_path / 'redis')
+    yield server
+    server.stop(kill=True)
+
+
 @pytest.fixture(scope='session')
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     cluster = RedisClusterServers.start(tmp_path_factory.mktemp('redis-cluster'))

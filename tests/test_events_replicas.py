@@ -35,14 +35,6 @@ class Replica:
         return f'http://127.0.0.1:{self.port}'
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may restart."""
-    server = RedisServer.start(tmp_path / 'redis')
-    yield server
-    server.stop(kill=True)
-
-
 def _serve(tmp_path: Path, name: str, **env: str) -> Replica:
     port = free_port()
     log = (tmp_path / f'{name}.log').open('wb')

@@ -6,9 +6,8 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ from tests.helpers import API
 from tests.servers import RedisServer, clean_env, free_port
 
 PROMISED_SECONDS = 2.0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer.start(tmp_path / 'redis')
-    yield server
-    server.stop(kill=True)
 
 
 def outage_settings(server: RedisServer, **overrides: Any) -> Settings:
