@@ -18,8 +18,10 @@ sample of it), at the summary's or the pinned run's last id, or when the budget 
 smallest message: a store paging backwards reads only what the window needs.
 
 A message's record is one int a store keeps next to it (8 bytes), made once at append by `record`: its
-token count under the default encoding, its kind (plain, tool call, tool result, system/developer) and
-whether it has any field but role and content.
+token count under the default encoding (bits 8 on), its kind (plain, tool call, tool result, system/developer;
+bits 0-1), whether it has any field but role and content (`BARE`, bit 2) and, for a bare message, how long
+its stored timestamp is (bits 3-7, `tail_of`), so that a renderer can cut the timestamp off without looking
+for it.
 Fitting reads only records and the id at the start of the stored JSON: it neither tokenizes nor parses
 history. `Window.tokens` is the OpenAI Chat Completions bill of the window (`memsvc.tokens`): the
 messages' counts, the summary's and `REPLY_PRIMING`; 0 for an empty window.
@@ -48,7 +50,13 @@ BARE: Final = 4
 """Flag: the message is not a tool message and has no field but its role and content (and id and
 timestamp), so a renderer may copy its bytes instead of decoding them."""
 _KIND_MASK: Final = 3
-_KIND_BITS: Final = 3  # the kind and BARE
+FLAGS: Final = 7
+"""The bits of a record that hold its kind and `BARE`."""
+TAIL_SHIFT: Final = 3
+TAIL_BASE: Final = 32
+"""Bits 3-7 of a bare message's record hold the length of its stored `,"timestamp":"…"}` less this (1 to 31:
+a timestamp of 17 to 47 characters; 0: not kept)."""
+TOKENS_SHIFT: Final = 8
 _SMALLEST: Final = MESSAGE_OVERHEAD + 1  # a message is framed and has a role of at least one token
 _ID_START: Final = len(b'{"id":')
 
@@ -65,22 +73,39 @@ def kind(message: Mapping[str, Any]) -> int:
 _BARE_FIELDS: Final = frozenset({'id', 'role', 'content', 'timestamp'})
 _BARE_FLAGS: Final = {'user': PLAIN | BARE, 'assistant': PLAIN | BARE, 'system': INSTRUCTION | BARE}
 _BARE_FLAGS['developer'] = INSTRUCTION | BARE
+_TAILS: Final = {
+    length: (length + len(',"timestamp":""}') - TAIL_BASE) << TAIL_SHIFT
+    for length in range(TAIL_BASE - len(',"timestamp":""}') + 1, TAIL_BASE - len(',"timestamp":""}') + 32)
+}
+"""A bare message's `tail_of` bits by the length of its timestamp (none for a length they cannot hold)."""
 
 
-def record(counter: TokenCounter, message: Mapping[str, Any]) -> int:
-    """What a store keeps next to a message for the window: its count under `counter`, its `kind` and the
-    `BARE` flag, as one non-negative int below 2**63. Takes a `NewMessage` at append, or a stored message
-    decoded (for an encoding whose records are not stored)."""
-    flags = _BARE_FLAGS.get(message['role'])
+def record(counter: TokenCounter, message: Mapping[str, Any], timestamp_length: int | None = None) -> int:
+    """What a store keeps next to a message for the window: its count under `counter`, its `kind`, the `BARE`
+    flag and its timestamp's length, as one non-negative int below 2**63. Takes a `NewMessage` at append, with the
+    length of the timestamp it is stored with (`models.timestamp_length`), or a stored message decoded (for an
+    encoding whose records are not stored), whose own timestamp it measures."""
+    role = message['role']
+    if timestamp_length is None:
+        timestamp_length = len(message.get('timestamp') or '')
+    flags = _BARE_FLAGS.get(role)
     if flags is not None and message.keys() <= _BARE_FIELDS:  # the common message: a role and a content
-        return counter.bare(message['role'], message['content']) << _KIND_BITS | flags
-    bare = message['role'] != 'tool' and all(value is None for key, value in message.items() if key not in _BARE_FIELDS)
-    return counter.message(message) << _KIND_BITS | kind(message) | (BARE if bare else 0)
+        return counter.bare(role, message['content']) << TOKENS_SHIFT | _TAILS.get(timestamp_length, 0) | flags
+    if role != 'tool' and all(value is None for key, value in message.items() if key not in _BARE_FIELDS):
+        flags = kind(message) | BARE | _TAILS.get(timestamp_length, 0)
+    else:
+        flags = kind(message)
+    return counter.message(message) << TOKENS_SHIFT | flags
 
 
 def tokens_of(value: int) -> int:
     """The token count in a `record`."""
-    return value >> _KIND_BITS
+    return value >> TOKENS_SHIFT
+
+
+def tail_of(value: int) -> int:
+    """How many bytes a bare message's stored `,"timestamp":"…"}` takes, from its `record` (TAIL_BASE: not kept)."""
+    return ((value & 0xFF) >> TAIL_SHIFT) + TAIL_BASE
 
 
 def kind_of(value: int) -> int:
@@ -161,7 +186,7 @@ class _Fitter:
         self.summary = summary
         self.total = total
         self.max_tokens = max_tokens
-        self.tokens = sum(value >> _KIND_BITS for _, value in self.pinned) + (summary.tokens if summary else 0)
+        self.tokens = sum(value >> TOKENS_SHIFT for _, value in self.pinned) + (summary.tokens if summary else 0)
         self.remaining = 0
         if max_tokens is not None:
             if self.tokens and self.tokens + REPLY_PRIMING > max_tokens:
@@ -182,7 +207,7 @@ class _Fitter:
             if int(raw[_ID_START : raw.index(b',', _ID_START)]) <= boundary:
                 more = False
                 break
-            tokens, kind = value >> _KIND_BITS, value & _KIND_MASK
+            tokens, kind = value >> TOKENS_SHIFT, value & _KIND_MASK
             if kind == RESULT:
                 pending.append(counted)
                 pending_tokens += tokens

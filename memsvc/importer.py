@@ -40,6 +40,7 @@ from memsvc.models import (
     encode_message,
     fork_origin,
     require_session_id,
+    timestamp_length,
     with_id,
 )
 from memsvc.stores import gaps as ids
@@ -109,8 +110,9 @@ class _Messages:
                     elif not last:
                         self.first = number
                     fields = {key: value for key, value in message.items() if key not in _NOT_STORED}
-                    stored.append(with_id(number, encode_message(fields, _utc(message['timestamp']), field)))  # type: ignore[arg-type]
-                    records.append(record(importer.counter, message))
+                    moment = _utc(message['timestamp'])
+                    stored.append(with_id(number, encode_message(fields, moment, field)))  # type: ignore[arg-type]
+                    records.append(record(importer.counter, message, timestamp_length(moment)))
                     last = number
                     self.count += 1
                 if importer.max_messages and self.count > importer.max_messages:

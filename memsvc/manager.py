@@ -39,6 +39,7 @@ from memsvc.models import (
     merge_patch,
     require_session_id,
     sent_fields,
+    timestamp_length,
     to_micros,
     utc_now,
 )
@@ -284,7 +285,7 @@ class AsyncMemoryManager:
             return sent if batch else sent[0]
 
         idempotency = self._idempotency(idempotency_key, 'append', session_id, asked)
-        counter = self.counter
+        counter, length = self.counter, timestamp_length(now)
         appended = await self.store.append_messages(
             tenant,
             session_id,
@@ -292,7 +293,7 @@ class AsyncMemoryManager:
             now,
             expected_version=expected_version,
             idempotency=idempotency,
-            records=[record(counter, message) for message in messages],
+            records=[record(counter, message, length) for message in messages],
         )
         if self._local_events:
             self.hub.appended(tenant, session_id, appended.messages)

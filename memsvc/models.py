@@ -369,6 +369,12 @@ def encode_message(message: NewMessage, timestamp: datetime, field: str = 'messa
     return encode_json(out, field, orjson.OPT_UTC_Z)
 
 
+def timestamp_length(timestamp: datetime) -> int:
+    """How many characters `timestamp`, a UTC time, takes in a message `encode_message` makes: orjson writes
+    `2026-01-01T00:00:00.123456Z`, without the fraction on a whole second."""
+    return 27 if timestamp.microsecond else 20
+
+
 def with_id(seq: int, body: bytes) -> bytes:
     """Put `"id":seq` first into a message serialized by `encode_message` (which starts with `{`)."""
     return b'{"id":%d,%s' % (seq, body[1:])

@@ -6,14 +6,22 @@ its summary. A long session whose window needs more is read on backwards, a page
 
 The fast path answers the window most gateways read — no summary, no pinned run, every message read a plain
 `user`/`assistant` one with only a role and a content (`context.PLAIN | context.BARE`), in `openai`, `responses`
-or `memsvc` — without a Python step per message: the check is one C-level pass over the records' low bytes, the
-window is the newest messages whose sum of tokens fits (`sum`, or `itertools.accumulate` and `bisect`), and their
-joined JSON (one slice of the in-memory store's buffer, `stores.base.MessagePage`) is rewritten by one regular
-expression: a stored bare message is `{"id":N,"role":R,"content":C,"timestamp":T}`, and between two of them
-`,"timestamp":T},{"id":N,` becomes `},{`. That sequence is JSON structure wherever it matches: inside a JSON
-string every quote is escaped (`\\"`), so it cannot start, end or lie in one. The answer is the same, byte for
-byte, as the general path's (`memsvc.context.fit` and `memsvc.render`), which handles every other window
-(tests/test_window.py proves it on random sessions, with contents that look like that structure).
+or `memsvc` — without a Python step per message but a slice: the check is one C-level pass over the records' low
+bytes, the window is the newest messages whose sum of tokens fits (`sum`, or `itertools.accumulate` and
+`bisect`), and a stored bare message is `{"id":N,"role":R,"content":C,"timestamp":T}`, of which the answer takes
+`"role":R,"content":C`:
+
+- messages held as one bytes (the in-memory store's buffer, `stores.base.MessagePage`) are rewritten by one
+  regular expression: between two of them `,"timestamp":T},{"id":N,` becomes `},{`. That sequence is JSON
+  structure wherever it matches: inside a JSON string every quote is escaped (`\\"`), so it cannot start, end or
+  lie in one;
+- messages held as a bytes each (Redis, Chroma) are sliced: past `{"id":N,`, as long in every message whose id has
+  as many digits, and short of `,"timestamp":T}`, whose length the records hold (`context.tail_of`). A window whose
+  timestamps differ in length (one written on a whole second) takes the general path.
+
+The answer is the same, byte for byte, as the general path's (`memsvc.context.fit` and `memsvc.render`), which
+handles every other window (tests/test_window.py proves it on random sessions, with contents that look like that
+structure).
 """
 
 import operator
@@ -21,17 +29,31 @@ import re
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, repeat
-from typing import Final
+from itertools import accumulate, chain, repeat
+from typing import Final, cast
 
 import orjson
 
-from memsvc.context import BARE, PLAIN, Counted, Summary, Window, afit, leading_instructions, message_id, record
+from memsvc.context import (
+    BARE,
+    FLAGS,
+    PLAIN,
+    TAIL_BASE,
+    TAIL_SHIFT,
+    TOKENS_SHIFT,
+    Counted,
+    Summary,
+    Window,
+    afit,
+    leading_instructions,
+    message_id,
+    record,
+)
 from memsvc.errors import SessionNotFound
 from memsvc.render import ContextWindow, Format, render
-from memsvc.stores.base import MessageRange, Store, WindowRead, join_newest
+from memsvc.stores.base import MessagePage, MessageRange, Store, WindowRead, join_newest
 from memsvc.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, Counters, EncodingName, TokenCounter
 
 TOKENS_PER_MESSAGE_GUESS: Final = 24
@@ -74,8 +96,9 @@ async def context(
     """The context window of `session_id`, rendered for `format` (see the module docstring). The stored records
     count under the default encoding; under another one, and for a message stored without a record, each message
     the window reads is counted as it is read."""
-    counter = await counters.get(encoding)
-    recount = counter is not counters.default
+    default = counters.default
+    counter = default if encoding == default.name else await counters.get(encoding)
+    recount = counter is not default
     size = page_size(max_tokens)
     first = await store.read_window(tenant, session_id, size, HEAD_PAGE)
     if first is None:
@@ -102,49 +125,88 @@ async def context(
 
 _PLAIN_BARE: Final = PLAIN | BARE
 _LOW: Final = 0 if sys.byteorder == 'little' else 7  # where a record's low byte is in its 8 bytes
-_LOW_BITS: Final = 7  # a record's kind and BARE
-_PLAIN_BARE_BYTES: Final = bytes(b for b in range(256) if b & _LOW_BITS == _PLAIN_BARE)
+_PLAIN_BARE_BYTES: Final = bytes(b for b in range(256) if b & FLAGS == _PLAIN_BARE)
 _ID_START: Final = len(b'{"id":')
+_ANSWER: Final = b'"tokens":%d,"dropped":%d,"first_id":%s,"summary":false}'
+_ANSWERS: Final[dict[str, bytes]] = {
+    'openai': b'{"format":"openai","messages":[{%s}],' + _ANSWER,
+    'responses': b'{"format":"responses","messages":[{"type":"message",%s}],' + _ANSWER,
+    'memsvc': b'{"format":"memsvc","messages":[%s],' + _ANSWER,
+}
+_EMPTY: Final = b'{"format":"%s","messages":[],' + _ANSWER
+_BETWEEN: Final[dict[str, bytes]] = {'openai': b'},{', 'responses': b'},{"type":"message",'}
+"""What goes between two messages' `"role":R,"content":C` in a format's answer."""
+_cut = cast(Callable[[bytes, slice], bytes], operator.getitem)  # bytes[slice], typed for map
 _TIMESTAMP: Final = b',"timestamp":'
-_BETWEEN: Final = re.compile(rb',"timestamp":"[^"]*"\},\{"id":\d+,')
+_BETWEEN_STORED: Final = re.compile(rb',"timestamp":"[^"]*"\},\{"id":\d+,')
 """Where a stored bare message ends and the next begins in their joined JSON: its timestamp, the next one's id."""
-_OPENING: Final[dict[str, bytes]] = {'openai': b'{', 'responses': b'{"type":"message",'}
-_ANSWER: Final = b'{"format":"%s","messages":[%s],"tokens":%d,"dropped":%d,"first_id":%s,"summary":false}'
 
 
 def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | None:
     """The answer of the window from `read` when it is the common one (module docstring), else None; empty when
     it is the common one so far but every message read fits and older ones exist. `read` holds records under the
     default encoding."""
-    records, total = read.records, read.total
+    records, total, messages = read.records, read.total, read.messages
     count = len(records)
     if read.summary is not None or read.head or not count or format == 'anthropic':
         return None
     packed = records if isinstance(records, array) else array('Q', records)
-    if packed.tobytes()[_LOW::8].translate(None, _PLAIN_BARE_BYTES):
+    low = packed.tobytes()[_LOW::8]  # each record's kind, BARE and timestamp length
+    if low.translate(None, _PLAIN_BARE_BYTES):
         return None  # some message is not a bare plain one (or has no record)
-    # a bare plain record is tokens * 8 + 4: less the 4s, a sum of records is 8 times the sum of the tokens
-    whole = sum(packed) - _PLAIN_BARE * count
-    if max_tokens is None or whole <= (max_tokens - REPLY_PRIMING) << 3:
+    flags = low[0]
+    uniform = low.count(low[:1]) == count  # the usual: then the sums take no step per message
+    # less their low bytes, the records sum to 256 times the sum of the tokens
+    whole = sum(records) - (flags * count if uniform else sum(low))
+    budget = None if max_tokens is None else (max_tokens - REPLY_PRIMING) << TOKENS_SHIFT
+    if budget is None or whole <= budget:
         kept, kept_sum = count, whole
     else:  # the running sums of the newest 1, 2, ... messages
-        sums = list(accumulate(map(operator.sub, reversed(packed), repeat(_PLAIN_BARE))))
-        kept = bisect_right(sums, (max_tokens - REPLY_PRIMING) << 3)
+        sums = list(accumulate(map(operator.sub, reversed(packed), repeat(flags) if uniform else reversed(low))))
+        kept = bisect_right(sums, budget)
         kept_sum = sums[kept - 1] if kept else 0
     if kept == count < total:
         return b''  # all it read fits: older messages may fit too
     if not kept:
-        return _ANSWER % (format.encode(), b'', 0, total, b'null')
-    joined = join_newest(read.messages, kept)
+        return _EMPTY % (format.encode(), 0, total, b'null')
+    tokens = (kept_sum >> TOKENS_SHIFT) + REPLY_PRIMING
     if format == 'memsvc':
-        items = joined
-    else:
-        opening = _OPENING[format]
+        joined = join_newest(messages, kept)
+        items, first_id = joined, message_id(joined)
+    elif isinstance(messages, MessagePage):  # one bytes, rewritten by one regular expression
+        joined = messages.newest(kept)
         inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
-        items = opening + _BETWEEN.sub(b'},' + opening, inner) + b'}'
-    tokens = (kept_sum >> 3) + REPLY_PRIMING
-    first_id = b'%d' % message_id(joined)
-    return _ANSWER % (format.encode(), items, tokens, total - kept, first_id)
+        items, first_id = _BETWEEN_STORED.sub(_BETWEEN[format], inner), message_id(joined)
+    elif uniform and flags >> TAIL_SHIFT:  # a bytes per message, each sliced
+        first_id, fields = bare_fields(messages, kept, (flags >> TAIL_SHIFT) + TAIL_BASE)
+        items = _BETWEEN[format].join(fields)
+    else:
+        return None  # timestamps of other lengths (or not measured in the records)
+    return _ANSWERS[format] % (items, tokens, total - kept, b'%d' % first_id)
+
+
+def bare_fields(messages: Sequence[bytes], count: int, tail: int) -> tuple[int, Iterator[bytes]]:
+    """The oldest id of the newest `count` bare `messages`, and their `"role":R,"content":C` as stored: each
+    message less its `{"id":N,` and its last `tail` bytes (`,"timestamp":T}`). The `{"id":N,` are as long in each
+    run of ids with as many digits, so a run is sliced by one `slice` (by `map`, without a step in Python)."""
+    newest = messages if count == len(messages) else messages[len(messages) - count :]
+    first, last = newest[0], newest[-1]
+    skip, last_skip = first.index(b',', _ID_START) + 1, last.index(b',', _ID_START) + 1
+    first_id = int(first[_ID_START : skip - 1])
+    if skip == last_skip:  # the usual window: all its ids have as many digits
+        return first_id, map(_cut, newest, repeat(slice(skip, -tail)))
+    runs, at = [], 0
+    consecutive = int(last[_ID_START : last_skip - 1]) - first_id == count - 1
+    while at < count:
+        if consecutive:  # the id 10**digits is where the count says
+            end = min(10 ** (skip - _ID_START - 1) - first_id, count)
+        else:  # messages were deleted: bisect
+            end = bisect_right(newest, skip, at, key=lambda message: message.index(b',', _ID_START) + 1)
+        runs.append(repeat(slice(skip, -tail), end - at))
+        if end < count:
+            skip = newest[end].index(b',', _ID_START) + 1
+        at = end
+    return first_id, map(_cut, newest, chain.from_iterable(runs))
 
 
 # --- the general path --------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from memsvc.context import (
     kind,
     message_id,
     record,
+    tail_of,
     tokens_of,
     trim_count,
 )
-from memsvc.models import NewMessage, encode_message, utc_now, with_id
+from memsvc.models import NewMessage, encode_message, timestamp_length, utc_now, with_id
 from memsvc.tokens import REPLY_PRIMING, TokenCounter, load_counter
 from tests.contexts import Session, call, chat, ids, sent
 
@@ -32,7 +33,7 @@ def counter() -> TokenCounter:
     return load_counter('o200k_base')
 
 
-def test_a_record_holds_the_count_and_kind_of_a_message(counter: TokenCounter) -> None:
+def test_a_record_holds_the_count_kind_and_timestamp_length_of_a_message(counter: TokenCounter) -> None:
     cases: list[tuple[NewMessage, int]] = [
         ({'role': 'user', 'content': 'hi'}, PLAIN | BARE),
         ({'role': 'user', 'content': ''}, PLAIN | BARE),
@@ -46,12 +47,19 @@ def test_a_record_holds_the_count_and_kind_of_a_message(counter: TokenCounter) -
         ({'role': 'developer', 'content': 'be brief'}, INSTRUCTION | BARE),
         ({'role': 'system', 'content': 'x', 'metadata': {'a': 1}}, INSTRUCTION),
     ]
-    for message, expected in cases:
-        raw = with_id(2**40 + 7, encode_message(message, utc_now()))
-        value = record(counter, message)
-        assert value == record(counter, orjson.loads(raw))
-        assert (value & 7, tokens_of(value), message_id(raw)) == (expected, counter.message(message), 2**40 + 7)
-        assert 0 < value < 2**63
+    now = utc_now()
+    for moment in [now.replace(microsecond=123), now.replace(microsecond=0)]:  # timestamps of 27 and 20 characters
+        for message, expected in cases:
+            raw = with_id(2**40 + 7, encode_message(message, moment))
+            value = record(counter, message, timestamp_length(moment))
+            assert value == record(counter, orjson.loads(raw))
+            assert (value & 7, tokens_of(value), message_id(raw)) == (expected, counter.message(message), 2**40 + 7)
+            assert 0 < value < 2**63
+            # a bare message's record says where its timestamp starts, counted from the end
+            if expected & BARE:
+                assert raw[-tail_of(value) :] == b',"timestamp":"%s"}' % orjson.loads(raw)['timestamp'].encode()
+            else:
+                assert value & 0xFF == expected
 
 
 def test_without_a_budget_the_window_is_the_whole_session(counter: TokenCounter) -> None:

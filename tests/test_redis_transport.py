@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from memsvc.errors import BackendUnavailable
-from memsvc.stores import redis_transport
+from memsvc.stores import redis_reads, redis_transport
 from memsvc.stores.redis_client import create_client
+from memsvc.stores.redis_reads import RedisKeys
 from tests.conftest import make_settings
 
 MOVED = 'redis-py {version} moved what memsvc.stores.redis_transport relies on: {what}'
@@ -99,3 +100,16 @@ def test_a_long_command_is_packed_as_hiredis_packs_it() -> None:
     assert redis_transport.pack_any(command) == hiredis_pack(command)
     short = ('SET', 'k', 1.5)
     assert redis_transport.pack_any(short) == hiredis_pack(short)
+
+
+@pytest.mark.parametrize('tenant', ['default', 'tënant ü'])
+@pytest.mark.parametrize('first', [-166, -2000, 0])
+def test_the_context_windows_read_is_packed_as_hiredis_packs_its_commands(tenant: str, first: int) -> None:
+    """The window's first read goes out packed by one bytes formatting (`redis_reads.packed_window_read`): the
+    same bytes as hiredis packs for its MULTI, commands and EXEC, keys of any tenant included."""
+    keys = RedisKeys('memsvc-test', tenant)
+    commands = redis_reads.window_read(keys, 'a-session_1', first)
+    assert len(commands) == redis_reads.WINDOW_READ_COMMANDS
+    hiredis_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+    expected = b''.join(hiredis_pack(command) for command in [('MULTI',), *commands, ('EXEC',)])
+    assert redis_reads.packed_window_read(keys.base('a-session_1').encode(), first) == expected

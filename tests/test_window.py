@@ -12,9 +12,9 @@ import pytest
 from hypothesis import strategies as st
 
 from memsvc import window
-from memsvc.context import ContextBudgetTooSmall
+from memsvc.context import ContextBudgetTooSmall, record
 from memsvc.manager import AsyncMemoryManager
-from memsvc.models import NewMessage, NewSession
+from memsvc.models import NewMessage, NewSession, encode_message, timestamp_length, utc_now
 from memsvc.render import Format, render
 from memsvc.settings import Settings
 from memsvc.stores.base import WindowRead
@@ -51,12 +51,17 @@ async def stored(
 async def both(
     manager: AsyncMemoryManager, max_tokens: int | None, format: Format
 ) -> tuple[bytes | None, bytes, WindowRead]:
-    """The fast path's answer (None: it declined) and the general path's, from the same first read."""
+    """The fast path's answer (None: it declined) and the general path's, from the same first read. The fast path
+    answers the read as the in-memory store hands it over (one bytes) and as Redis and Chroma do (a bytes per
+    message, records in a list): where both answer, they answer the same."""
     size = window.page_size(max_tokens)
     first = await manager.store.read_window(T, 's', size, window.HEAD_PAGE)
     assert first is not None
     fitted = await window.general(manager.store, T, 's', first, manager.counter, False, max_tokens, size)
-    return window.fast(first, max_tokens, format), render(fitted, format, manager.counter).to_json(), first
+    fast = window.fast(first, max_tokens, format)
+    listed = window.fast(first._replace(messages=list(first.messages), records=list(first.records)), max_tokens, format)
+    assert listed == fast
+    return fast, render(fitted, format, manager.counter).to_json(), first
 
 
 TRICKY = [
@@ -127,6 +132,34 @@ def test_a_long_sessions_pinned_run_and_summary_come_with_the_first_read(counter
     assert not isinstance(answer, window.Answer)
     ids = [message.get('id') for message in orjson.loads(answer.to_json())['messages']]
     assert ids == [1, None, *range(151, 202)]
+
+
+def test_ids_that_get_a_digit_across_deleted_messages_are_sliced_where_they_do(counter: TokenCounter) -> None:
+    chat = [{'role': ['user', 'assistant'][n % 2], 'content': f'turn {n} ' + 'word ' * 30} for n in range(1005)]
+    manager = run(stored(counter, chat))
+    for gone in [8, 9, 97, 98, 101, 999, 1000]:  # ids 1 to 1005; the windows below cross 9/10, 99/100, 999/1000
+        run(manager.delete_message(T, 's', gone))
+    for budget in [None, 300, 2000]:  # the whole session, ~7 messages, ~48
+        for format in FAST_FORMATS:
+            fast, general, _ = run(both(manager, budget, format))
+            assert fast == general
+
+
+def test_timestamps_of_other_lengths_take_the_general_path_where_messages_are_sliced(counter: TokenCounter) -> None:
+    """A message written on a whole second has a shorter timestamp: a read of a bytes per message cannot slice
+    the window at one length, and declines; the in-memory store's buffer answers the same as the general path."""
+    manager = run(stored(counter, []))
+    store, now = manager.store, utc_now()
+    for moment in [now.replace(microsecond=0), now.replace(microsecond=5), now.replace(microsecond=0)]:
+        message: NewMessage = {'role': 'user', 'content': 'hello there'}
+        body = encode_message(message, moment)
+        run(store.append_messages(T, 's', [body], moment, records=[record(counter, message, timestamp_length(moment))]))
+    first = run(store.read_window(T, 's', 16, window.HEAD_PAGE))
+    assert first is not None
+    listed = first._replace(messages=list(first.messages), records=list(first.records))
+    assert window.fast(listed, 4000, 'openai') is None
+    fitted = run(window.general(store, T, 's', first, counter, False, 4000, 16))
+    assert window.fast(first, 4000, 'openai') == render(fitted, 'openai', counter).to_json()
 
 
 ROLES = st.sampled_from(['user', 'assistant', 'user', 'assistant', 'system', 'developer'])

@@ -97,6 +97,13 @@ class Transport(Protocol):
     def transaction(self, *commands: Command) -> Awaitable[list[Any]]:
         """Commands on one hash tag's keys as one MULTI/EXEC; their replies. A command that failed fails it."""
 
+    def packed_transaction(
+        self, packed: bytes, count: int, commands: Callable[[], Sequence[Command]]
+    ) -> Awaitable[list[Any]]:
+        """`transaction(*commands())`, given those `count` commands already packed in RESP (MULTI and EXEC
+        included), which a single Redis takes as they are: for a hot read whose packing by one formatting costs
+        less than by `pack_command` each."""
+
 
 def transport_for(client: Redis | RedisCluster, settings: Settings) -> Transport:
     if isinstance(client, RedisCluster):
@@ -176,6 +183,11 @@ class Coalescer:
 
     commands = transaction
     """On one Redis a MULTI/EXEC is as cheap as a pipeline and is one entry with one reply to hand back."""
+
+    def packed_transaction(
+        self, packed: bytes, count: int, commands: Callable[[], Sequence[Command]]
+    ) -> asyncio.Future[Any]:
+        return self._queue_entry(packed, count + 2, None, [])
 
     def _queue_entry(self, packed: bytes, replies: int, script: Script | None, tail: list[Arg]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -333,6 +345,11 @@ class ClusterTransport:
 
     async def transaction(self, *commands: Command) -> list[Any]:
         return await self._pipeline(commands, transaction=True)
+
+    async def packed_transaction(
+        self, packed: bytes, count: int, commands: Callable[[], Sequence[Command]]
+    ) -> list[Any]:
+        return await self._pipeline(commands(), transaction=True)
 
     async def _pipeline(self, commands: Sequence[Command], *, transaction: bool) -> list[Any]:
         async with self._bound:
