@@ -152,10 +152,10 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
         return None
     packed = records if isinstance(records, array) else array('Q', records)
     low = packed.tobytes()[_LOW::8]  # each record's kind, BARE and timestamp length
-    if low.translate(None, _PLAIN_BARE_BYTES):
-        return None  # some message is not a bare plain one (or has no record)
     flags = low[0]
-    uniform = low.count(low[:1]) == count  # the usual: then the sums take no step per message
+    uniform = low.count(low[:1]) == count  # the usual: then the checks and sums take no step per message
+    if (flags & FLAGS != _PLAIN_BARE) if uniform else low.translate(None, _PLAIN_BARE_BYTES):
+        return None  # some message is not a bare plain one (or has no record)
     # less their low bytes, the records sum to 256 times the sum of the tokens
     whole = sum(records) - (flags * count if uniform else sum(low))
     budget = None if max_tokens is None else (max_tokens - REPLY_PRIMING) << TOKENS_SHIFT
