@@ -73,9 +73,10 @@ def kind(message: Mapping[str, Any]) -> int:
 _BARE_FIELDS: Final = frozenset({'id', 'role', 'content', 'timestamp'})
 _BARE_FLAGS: Final = {'user': PLAIN | BARE, 'assistant': PLAIN | BARE, 'system': INSTRUCTION | BARE}
 _BARE_FLAGS['developer'] = INSTRUCTION | BARE
+_TAIL_FRAME: Final = len(',"timestamp":""}')  # what a stored timestamp's tail takes besides its characters
 _TAILS: Final = {
-    length: (length + len(',"timestamp":""}') - TAIL_BASE) << TAIL_SHIFT
-    for length in range(TAIL_BASE - len(',"timestamp":""}') + 1, TAIL_BASE - len(',"timestamp":""}') + 32)
+    length: (length + _TAIL_FRAME - TAIL_BASE) << TAIL_SHIFT
+    for length in range(TAIL_BASE - _TAIL_FRAME + 1, TAIL_BASE - _TAIL_FRAME + (1 << (TOKENS_SHIFT - TAIL_SHIFT)))
 }
 """A bare message's `tail_of` bits by the length of its timestamp (none for a length they cannot hold)."""
 

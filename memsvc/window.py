@@ -40,7 +40,6 @@ from memsvc.context import (
     BARE,
     FLAGS,
     PLAIN,
-    TAIL_BASE,
     TAIL_SHIFT,
     TOKENS_SHIFT,
     Counted,
@@ -50,6 +49,7 @@ from memsvc.context import (
     leading_instructions,
     message_id,
     record,
+    tail_of,
 )
 from memsvc.errors import SessionNotFound
 from memsvc.render import ContextWindow, Format, render
@@ -96,9 +96,8 @@ async def context(
     """The context window of `session_id`, rendered for `format` (see the module docstring). The stored records
     count under the default encoding; under another one, and for a message stored without a record, each message
     the window reads is counted as it is read."""
-    default = counters.default
-    counter = default if encoding == default.name else await counters.get(encoding)
-    recount = counter is not default
+    counter = await counters.get(encoding)
+    recount = counter is not counters.default
     size = page_size(max_tokens)
     first = await store.read_window(tenant, session_id, size, HEAD_PAGE)
     if first is None:
@@ -178,7 +177,7 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
         inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
         items, first_id = _BETWEEN_STORED.sub(_BETWEEN[format], inner), message_id(joined)
     elif uniform and flags >> TAIL_SHIFT:  # a bytes per message, each sliced
-        first_id, fields = bare_fields(messages, kept, (flags >> TAIL_SHIFT) + TAIL_BASE)
+        first_id, fields = bare_fields(messages, kept, tail_of(flags))
         items = _BETWEEN[format].join(fields)
     else:
         return None  # timestamps of other lengths (or not measured in the records)
