@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 Schema = dict[str, Any]
 T = TypeVar('T')
+C = TypeVar('C', bound=str)
 Method = Literal['GET', 'POST', 'PUT', 'PATCH', 'DELETE']
 _DIGITS = re.compile(r'[0-9]{1,16}')
 _JSON_TYPE = re.compile(r'^application/([a-z0-9.+-]+\+)?json$')
@@ -117,13 +118,11 @@ def bool_query(name: str, *, default: bool, description: str) -> Query[bool]:
     return Query(name, parse, default, schema=schema, description=description, problem='must be true or false')
 
 
-def choice_query(name: str, choices: tuple[str, ...], *, default: str, description: str) -> Query[str]:
+def choice_query(name: str, choices: tuple[C, ...], *, default: C, description: str) -> Query[C]:
     """One of `choices` exactly (no case folding, no trimming), `default` when absent."""
 
-    def parse(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(raw)
-        return raw
+    def parse(raw: str) -> C:
+        return choices[choices.index(raw)]  # the choice itself, typed; a ValueError for none of them
 
     schema = {'type': 'string', 'enum': list(choices), 'default': default}
     problem = f'must be one of {", ".join(choices)}'

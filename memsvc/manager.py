@@ -58,7 +58,6 @@ from memsvc.stores.base import (
 )
 from memsvc.stores.index import where_of
 from memsvc.tokens import DEFAULT_ENCODING, Counters, EncodingName, TokenCounter
-from memsvc.window import Answer
 
 _NO_MESSAGE = MessageRange(after=2**53 - 1)
 """After the largest message id: selects no message, so a counted read of it answers only the count."""
@@ -438,7 +437,7 @@ class AsyncMemoryManager:
         max_tokens: int | None,
         format: Format,
         encoding: EncodingName = DEFAULT_ENCODING,
-    ) -> ContextWindow | Answer:
+    ) -> ContextWindow | bytes:
         """The context window of SPEC-2 §1 (`memsvc.context`), rendered for `format`; see `memsvc.window` for how
         it is read (one store read for most windows) and when it is answered without a step per message."""
         require_session_id(session_id)

@@ -34,7 +34,7 @@ from memsvc.context import BARE, INSTRUCTION, ContextBudgetTooSmall, Window, kin
 from memsvc.tokens import REPLY_PRIMING, TokenCounter, tool_call_parts
 
 Format = Literal['openai', 'responses', 'anthropic', 'memsvc']
-FORMATS: tuple[str, ...] = get_args(Format)
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 _SYSTEM_JOIN: Final = '\n\n'
 

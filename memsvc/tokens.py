@@ -37,7 +37,7 @@ import orjson
 import tiktoken
 
 EncodingName = Literal['o200k_base', 'cl100k_base']
-ENCODINGS: tuple[str, ...] = get_args(EncodingName)
+ENCODINGS: tuple[EncodingName, ...] = get_args(EncodingName)
 DEFAULT_ENCODING: Final[EncodingName] = 'o200k_base'
 
 MESSAGE_OVERHEAD: Final = 3

@@ -11,10 +11,11 @@ bytes, the window is the newest messages whose sum of tokens fits (`sum`, or `it
 `bisect`), and a stored bare message is `{"id":N,"role":R,"content":C,"timestamp":T}`, of which the answer takes
 `"role":R,"content":C`:
 
-- messages held as one bytes (the in-memory store's buffer, `stores.base.MessagePage`) are rewritten by one
-  regular expression: between two of them `,"timestamp":T},{"id":N,` becomes `},{`. That sequence is JSON
-  structure wherever it matches: inside a JSON string every quote is escaped (`\\"`), so it cannot start, end or
-  lie in one;
+- messages held as one bytes (the in-memory store's buffer, `stores.base.MessagePage`) are split at each
+  `{"id":`, which is JSON structure wherever it occurs: inside a JSON string every quote is escaped (`\\"`), so
+  no string can hold it. Each piece is then `N,"role":R,"content":C,"timestamp":T},` and is sliced as below;
+  a buffer whose timestamps differ in length is rewritten by one regular expression instead (between two
+  messages `,"timestamp":T},{"id":N,` becomes `},{`, structure for the same reason);
 - messages held as a bytes each (Redis, Chroma) are sliced: past `{"id":N,`, as long in every message whose id has
   as many digits, and short of `,"timestamp":T}`, whose length the records hold (`context.tail_of`). A window whose
   timestamps differ in length (one written on a whole second) takes the general path.
@@ -30,8 +31,7 @@ import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from typing import Final, cast
 
 import orjson
@@ -73,16 +73,6 @@ def page_size(max_tokens: int | None) -> int | None:
     return min(max(max_tokens // TOKENS_PER_MESSAGE_GUESS, HEAD_PAGE), MAX_PAGE)
 
 
-@dataclass(slots=True, frozen=True)
-class Answer:
-    """A window the fast path wrote straight into the route's answer."""
-
-    body: bytes
-
-    def to_json(self) -> bytes:
-        return self.body
-
-
 async def context(
     store: Store,
     counters: Counters,
@@ -92,12 +82,13 @@ async def context(
     max_tokens: int | None,
     format: Format,
     encoding: EncodingName,
-) -> ContextWindow | Answer:
-    """The context window of `session_id`, rendered for `format` (see the module docstring). The stored records
-    count under the default encoding; under another one, and for a message stored without a record, each message
-    the window reads is counted as it is read."""
-    counter = await counters.get(encoding)
-    recount = counter is not counters.default
+) -> ContextWindow | bytes:
+    """The context window of `session_id`, rendered for `format` (see the module docstring); as the JSON of the
+    answer where the fast path wrote it. The stored records count under the default encoding; under another one,
+    and for a message stored without a record, each message the window reads is counted as it is read."""
+    default = counters.default
+    counter = default if encoding == default.name else await counters.get(encoding)
+    recount = counter is not default
     size = page_size(max_tokens)
     first = await store.read_window(tenant, session_id, size, HEAD_PAGE)
     if first is None:
@@ -107,7 +98,7 @@ async def context(
         if body is None:
             break
         if body:
-            return Answer(body)
+            return body
         # every message read fits and older ones exist: read more at once (the window holds at most
         # max_tokens / _SMALLEST messages), up to what the general path would read in pages anyway
         if max_tokens is None or size is None or size > _FAST_READ_LIMIT:
@@ -125,7 +116,9 @@ async def context(
 _PLAIN_BARE: Final = PLAIN | BARE
 _LOW: Final = 0 if sys.byteorder == 'little' else 7  # where a record's low byte is in its 8 bytes
 _PLAIN_BARE_BYTES: Final = bytes(b for b in range(256) if b & FLAGS == _PLAIN_BARE)
-_ID_START: Final = len(b'{"id":')
+_ID_KEY: Final = b'{"id":'
+"""What each stored message starts with, and nothing inside one can hold (a quote in a JSON string is escaped)."""
+_ID_START: Final = len(_ID_KEY)
 _ANSWER: Final = b'"tokens":%d,"dropped":%d,"first_id":%s,"summary":false}'
 _ANSWERS: Final[dict[str, bytes]] = {
     'openai': b'{"format":"openai","messages":[{%s}],' + _ANSWER,
@@ -172,7 +165,12 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
     if format == 'memsvc':
         joined = join_newest(messages, kept)
         items, first_id = joined, message_id(joined)
-    elif isinstance(messages, MessagePage):  # one bytes, rewritten by one regular expression
+    elif isinstance(messages, MessagePage) and uniform and flags >> TAIL_SHIFT:  # one bytes, split and sliced
+        pieces = messages.newest(kept).split(_ID_KEY)  # ['', 'N,…,"timestamp":T},', …, 'N,…,"timestamp":T}']
+        pieces[-1] += b','
+        first_id, fields = bare_fields(pieces, kept, tail_of(flags) + 1, 0)
+        items = _BETWEEN[format].join(fields)
+    elif isinstance(messages, MessagePage):  # one bytes, timestamps of other lengths: one regular expression
         joined = messages.newest(kept)
         inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
         items, first_id = _BETWEEN_STORED.sub(_BETWEEN[format], inner), message_id(joined)
@@ -184,28 +182,31 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
     return _ANSWERS[format] % (items, tokens, total - kept, b'%d' % first_id)
 
 
-def bare_fields(messages: Sequence[bytes], count: int, tail: int) -> tuple[int, Iterator[bytes]]:
+def bare_fields(
+    messages: Sequence[bytes], count: int, tail: int, start: int = _ID_START
+) -> tuple[int, Iterator[bytes]]:
     """The oldest id of the newest `count` bare `messages`, and their `"role":R,"content":C` as stored: each
-    message less its `{"id":N,` and its last `tail` bytes (`,"timestamp":T}`). The `{"id":N,` are as long in each
-    run of ids with as many digits, so a run is sliced by one `slice` (by `map`, without a step in Python)."""
+    message less what comes before its id's comma (`{"id":N,`, or from `start` on `N,`) and its last `tail`
+    bytes (`,"timestamp":T}`). The skipped heads are as long in each run of ids with as many digits, so each
+    message is cut by its run's `slice`, by `map` without a step in Python."""
     newest = messages if count == len(messages) else messages[len(messages) - count :]
     first, last = newest[0], newest[-1]
-    skip, last_skip = first.index(b',', _ID_START) + 1, last.index(b',', _ID_START) + 1
-    first_id = int(first[_ID_START : skip - 1])
+    skip, last_skip = first.index(b',', start) + 1, last.index(b',', start) + 1
+    first_id = int(first[start : skip - 1])
     if skip == last_skip:  # the usual window: all its ids have as many digits
         return first_id, map(_cut, newest, repeat(slice(skip, -tail)))
-    runs, at = [], 0
-    consecutive = int(last[_ID_START : last_skip - 1]) - first_id == count - 1
+    slices: list[slice] = []
+    at, consecutive = 0, int(last[start : last_skip - 1]) - first_id == count - 1
     while at < count:
         if consecutive:  # the id 10**digits is where the count says
-            end = min(10 ** (skip - _ID_START - 1) - first_id, count)
+            end = min(10 ** (skip - start - 1) - first_id, count)
         else:  # messages were deleted: bisect
-            end = bisect_right(newest, skip, at, key=lambda message: message.index(b',', _ID_START) + 1)
-        runs.append(repeat(slice(skip, -tail), end - at))
+            end = bisect_right(newest, skip, at, key=lambda message: message.index(b',', start) + 1)
+        slices += [slice(skip, -tail)] * (end - at)
         if end < count:
-            skip = newest[end].index(b',', _ID_START) + 1
+            skip = newest[end].index(b',', start) + 1
         at = end
-    return first_id, map(_cut, newest, chain.from_iterable(runs))
+    return first_id, map(_cut, newest, slices)
 
 
 # --- the general path --------------------------------------------------------------------------------------

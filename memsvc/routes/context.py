@@ -1,16 +1,14 @@
 """The context window a model can take, and the summary slot."""
 
-from typing import cast
-
 from aiohttp import web
 
 from memsvc.appkeys import MANAGER, TENANT
 from memsvc.declare import JsonBody, Operation, Reply, choice_query, int_query
 from memsvc.models import ContextWindowBody, NewSummary, Success, SummaryBody
-from memsvc.render import FORMATS, Format
+from memsvc.render import FORMATS
 from memsvc.routes.common import ETAG, IDEMPOTENCY_KEY, IF_MATCH, SESSION, SESSION_ID, SUCCESS, bounded, etag, routes
 from memsvc.settings import MIN_RESPONSE_BYTES
-from memsvc.tokens import DEFAULT_ENCODING, ENCODINGS, EncodingName
+from memsvc.tokens import DEFAULT_ENCODING, ENCODINGS
 
 MAX_TOKENS = int_query('max_tokens', 1, 2_000_000, description='the token budget; without it, no budget')
 
@@ -41,13 +39,9 @@ async def get_context(request: web.Request) -> web.Response:
     session_id = SESSION_ID.get(request)
     max_tokens, format, encoding = MAX_TOKENS.get(request), FORMAT.get(request), ENCODING.get(request)
     window = await request.app[MANAGER].context(
-        request[TENANT],
-        session_id,
-        max_tokens=max_tokens,
-        format=cast(Format, format),
-        encoding=cast(EncodingName, encoding),
+        request[TENANT], session_id, max_tokens=max_tokens, format=format, encoding=encoding
     )
-    body = window.to_json()
+    body = window if isinstance(window, bytes) else window.to_json()
     if len(body) > MIN_RESPONSE_BYTES:
         bounded(request, len(body), 'give max_tokens (or a smaller one)')
     return web.Response(body=body, content_type='application/json')

@@ -323,17 +323,16 @@ class MemoryStore:
             return None
         log = session.messages
         count = len(log)
-        lo = 0 if limit is None else max(count - limit, 0)
-        messages = log.page(lo, count)
-        oldest = 0 if not count else message_id(messages.page if lo == 0 else log.message(0))
-        run = 0
-        if lo:
-            records = log.records
-            while run < min(head, count) and is_instruction(log.message(run), records[run]):
-                run += 1
-        leading = [log.message(n) for n in range(run)]
+        lo = 0 if limit is None or limit >= count else count - limit
+        oldest = session.first_id if count else 0
         summary = session.summary or None
-        return WindowRead(messages, log.records[lo:], count, oldest, leading, log.records[:run], summary)
+        if not lo:  # every message: no run to read apart
+            return WindowRead(log.page(0, count), log.records[:], count, oldest, (), (), summary)
+        run, records = 0, log.records
+        while run < min(head, count) and is_instruction(log.message(run), records[run]):
+            run += 1
+        leading = [log.message(n) for n in range(run)]
+        return WindowRead(log.page(lo, count), records[lo:], count, oldest, leading, records[:run], summary)
 
     async def clear_messages(
         self, tenant: str, session_id: str, now: datetime, *, expected_version: int | None = None
