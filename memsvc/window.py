@@ -119,6 +119,8 @@ _PLAIN_BARE_BYTES: Final = bytes(b for b in range(256) if b & FLAGS == _PLAIN_BA
 _ID_KEY: Final = b'{"id":'
 """What each stored message starts with, and nothing inside one can hold (a quote in a JSON string is escaped)."""
 _ID_START: Final = len(_ID_KEY)
+_TAIL_BY_LOW: Final = tuple(tail_of(low) for low in range(256))
+"""`context.tail_of` by a record's low byte."""
 _ANSWER: Final = b'"tokens":%d,"dropped":%d,"first_id":%s,"summary":false}'
 _ANSWERS: Final[dict[str, bytes]] = {
     'openai': b'{"format":"openai","messages":[{%s}],' + _ANSWER,
@@ -138,14 +140,14 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
     """The answer of the window from `read` when it is the common one (module docstring), else None; empty when
     it is the common one so far but every message read fits and older ones exist. `read` holds records under the
     default encoding."""
-    records, total, messages = read.records, read.total, read.messages
+    messages, records, total, _, head, _, summary = read
     count = len(records)
-    if read.summary is not None or read.head or not count or format == 'anthropic':
+    if summary is not None or head or not count or format == 'anthropic':
         return None
     packed = records if isinstance(records, array) else array('Q', records)
     low = packed.tobytes()[_LOW::8]  # each record's kind, BARE and timestamp length
     flags = low[0]
-    uniform = low.count(low[:1]) == count  # the usual: then the checks and sums take no step per message
+    uniform = low.count(flags) == count  # the usual: then the checks and sums take no step per message
     if (flags & FLAGS != _PLAIN_BARE) if uniform else low.translate(None, _PLAIN_BARE_BYTES):
         return None  # some message is not a bare plain one (or has no record)
     # less their low bytes, the records sum to 256 times the sum of the tokens
@@ -164,49 +166,53 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
     tokens = (kept_sum >> TOKENS_SHIFT) + REPLY_PRIMING
     if format == 'memsvc':
         joined = join_newest(messages, kept)
-        items, first_id = joined, message_id(joined)
-    elif isinstance(messages, MessagePage) and uniform and flags >> TAIL_SHIFT:  # one bytes, split and sliced
-        pieces = messages.newest(kept).split(_ID_KEY)  # ['', 'N,…,"timestamp":T},', …, 'N,…,"timestamp":T}']
-        pieces[-1] += b','
-        first_id, fields = bare_fields(pieces, kept, tail_of(flags) + 1, 0)
-        items = _BETWEEN[format].join(fields)
-    elif isinstance(messages, MessagePage):  # one bytes, timestamps of other lengths: one regular expression
-        joined = messages.newest(kept)
+        items, first_id = joined, joined[_ID_START : joined.index(b',', _ID_START)]
+    elif not (uniform and flags >> TAIL_SHIFT):
+        if not isinstance(messages, MessagePage):
+            return None  # timestamps of other lengths (or not measured in the records)
+        joined = messages.newest(kept)  # one bytes, timestamps of other lengths: one regular expression
         inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
-        items, first_id = _BETWEEN_STORED.sub(_BETWEEN[format], inner), message_id(joined)
-    elif uniform and flags >> TAIL_SHIFT:  # a bytes per message, each sliced
-        first_id, fields = bare_fields(messages, kept, tail_of(flags))
-        items = _BETWEEN[format].join(fields)
+        items = _BETWEEN_STORED.sub(_BETWEEN[format], inner)
+        first_id = joined[_ID_START : joined.index(b',', _ID_START)]
     else:
-        return None  # timestamps of other lengths (or not measured in the records)
-    return _ANSWERS[format] % (items, tokens, total - kept, b'%d' % first_id)
+        if isinstance(messages, MessagePage):  # one bytes: split into the messages less their `{"id":`
+            split = (messages.page if kept == count else messages.newest(kept)).split(_ID_KEY)
+            del split[0]
+            split[-1] += b','  # each piece `N,"role":R,"content":C,"timestamp":T},`
+            pieces: Sequence[bytes] = split
+            start, tail = 0, _TAIL_BY_LOW[flags] + 1
+        else:  # a bytes per message
+            pieces = messages if kept == count else messages[count - kept :]
+            start, tail = _ID_START, _TAIL_BY_LOW[flags]
+        oldest, newest = pieces[0], pieces[-1]  # of the window
+        skip, last_skip = oldest.index(b',', start) + 1, newest.index(b',', start) + 1
+        first_id = oldest[start : skip - 1]
+        if skip == last_skip:  # the usual window: all its ids have as many digits
+            fields: Iterable[bytes] = map(_cut, pieces, repeat(slice(skip, -tail)))
+        else:
+            fields = map(_cut, pieces, _runs(pieces, tail, start, int(first_id), newest[start : last_skip - 1]))
+        items = _BETWEEN[format].join(fields)
+    return _ANSWERS[format] % (items, tokens, total - kept, first_id)
 
 
-def bare_fields(
-    messages: Sequence[bytes], count: int, tail: int, start: int = _ID_START
-) -> tuple[int, Iterator[bytes]]:
-    """The oldest id of the newest `count` bare `messages`, and their `"role":R,"content":C` as stored: each
-    message less what comes before its id's comma (`{"id":N,`, or from `start` on `N,`) and its last `tail`
-    bytes (`,"timestamp":T}`). The skipped heads are as long in each run of ids with as many digits, so each
-    message is cut by its run's `slice`, by `map` without a step in Python."""
-    newest = messages if count == len(messages) else messages[len(messages) - count :]
-    first, last = newest[0], newest[-1]
-    skip, last_skip = first.index(b',', start) + 1, last.index(b',', start) + 1
-    first_id = int(first[start : skip - 1])
-    if skip == last_skip:  # the usual window: all its ids have as many digits
-        return first_id, map(_cut, newest, repeat(slice(skip, -tail)))
+def _runs(messages: Sequence[bytes], tail: int, start: int, first_id: int, last_id: bytes) -> list[slice]:
+    """The slices that cut bare `messages` whose ids have not all as many digits (`fast`): one per message, the
+    same for each run of ids with as many digits (from `start` on: the id, its comma, then the fields)."""
+    count = len(messages)
     slices: list[slice] = []
-    at, consecutive = 0, int(last[start : last_skip - 1]) - first_id == count - 1
-    while at < count:
-        if consecutive:  # the id 10**digits is where the count says
-            end = min(10 ** (skip - start - 1) - first_id, count)
-        else:  # messages were deleted: bisect
-            end = bisect_right(newest, skip, at, key=lambda message: message.index(b',', start) + 1)
+    at, first_digits = 0, len(b'%d' % first_id)
+    if int(last_id) - first_id == count - 1:  # consecutive: each run ends where 10 ** digits is
+        for digits in range(first_digits, len(last_id)):
+            end = 10**digits - first_id
+            slices += [slice(start + digits + 1, -tail)] * (end - at)
+            at = end
+        return slices + [slice(start + len(last_id) + 1, -tail)] * (count - at)
+    while at < count:  # messages were deleted: bisect for each run's end
+        skip = messages[at].index(b',', start) + 1
+        end = bisect_right(messages, skip, at, key=lambda message: message.index(b',', start) + 1)
         slices += [slice(skip, -tail)] * (end - at)
-        if end < count:
-            skip = newest[end].index(b',', start) + 1
         at = end
-    return first_id, map(_cut, newest, slices)
+    return slices
 
 
 # --- the general path --------------------------------------------------------------------------------------
