@@ -110,6 +110,7 @@ def test_the_context_windows_read_is_packed_as_hiredis_packs_its_commands(tenant
     keys = RedisKeys('memsvc-test', tenant)
     commands = redis_reads.window_read(keys, 'a-session_1', first)
     assert len(commands) == redis_reads.WINDOW_READ_COMMANDS
+    assert redis_reads.window_read_of_empty(keys, 'a-session_1', first)[1:] == commands
     hiredis_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
     expected = b''.join(hiredis_pack(command) for command in [('MULTI',), *commands, ('EXEC',)])
     assert redis_reads.packed_window_read(keys.base('a-session_1').encode(), first) == expected

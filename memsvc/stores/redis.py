@@ -122,9 +122,9 @@ _SELF_TIMED = frozenset({'append_messages', 'get_messages', 'get_session', 'read
 """The operations that reach Redis only through transport calls, so on a transport that keeps the store deadline
 the instrumented store puts no timer of its own around them. That deadline bounds each batch sent, not the
 operation: append_messages and get_session send one batch; get_messages on an empty list sends a second (EXISTS
-with LRANGE, to tell an empty session from a missing one), and read_window on a session with a leading
-system/developer run that its newest messages do not reach sends READ_WINDOW after its MULTI/EXEC, so those reads
-may take up to two deadlines."""
+with LRANGE, to tell an empty session from a missing one), and read_window sends a second on an empty list (its
+MULTI/EXEC again, with EXISTS) or on a session with a leading system/developer run that its newest messages do not
+reach (READ_WINDOW), so those reads may take up to two deadlines."""
 
 
 def _expected(version: int | None) -> str:

@@ -4,11 +4,12 @@ the reads of sessions, the listing, messages and the summary.
 Reads are plain commands where they can be, which cost redis-server less CPU than a script doing the same reads:
 the last N messages are one LRANGE (with EXISTS in a MULTI/EXEC only when the list is empty, to tell an empty
 session from a missing one), a session is a MULTI/EXEC of HMGET and LRANGE, the context window's first read a
-MULTI/EXEC of six commands (READ_WINDOW only for a session whose leading system/developer run it must read too).
+MULTI/EXEC of five commands (READ_WINDOW only for a session whose leading system/developer run it must read too).
 A read by id range (before/after) runs GET_MESSAGES, which maps ids to positions (across the session's gaps, when
 it has some).
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -110,12 +111,12 @@ def session_record(
 
 
 def window_read(keys: RedisKeys, session_id: str, first: int) -> tuple[Command, ...]:
-    """The context window's first read (`RedisReads.read_window`), as commands of one MULTI/EXEC: whether the
-    session exists, its length, the messages and records from position `first` (negative: from the end) on, its
-    oldest message and its summary."""
+    """The context window's first read (`RedisReads.read_window`), as commands of one MULTI/EXEC: the session's
+    length, the messages and records from position `first` (negative: from the end) on, its oldest message and
+    its summary. A session's list exists only while the session does, so an empty one is read again with
+    `EXISTS` (`window_read_of_empty`)."""
     msgs = keys.msgs(session_id)
     return (
-        ('EXISTS', keys.meta(session_id)),
         ('LLEN', msgs),
         ('LRANGE', msgs, first, -1),
         ('LRANGE', keys.counts(session_id), first, -1),
@@ -124,28 +125,35 @@ def window_read(keys: RedisKeys, session_id: str, first: int) -> tuple[Command, 
     )
 
 
-WINDOW_READ_COMMANDS: Final = 6
-_WINDOW_READ: Final = (
-    b'*1\r\n$5\r\nMULTI\r\n'
-    b'*2\r\n$6\r\nEXISTS\r\n$%d\r\n%smeta\r\n'
-    b'*2\r\n$4\r\nLLEN\r\n$%d\r\n%smsgs\r\n'
-    b'*4\r\n$6\r\nLRANGE\r\n$%d\r\n%smsgs\r\n$%d\r\n%s\r\n$2\r\n-1\r\n'
-    b'*4\r\n$6\r\nLRANGE\r\n$%d\r\n%scounts\r\n$%d\r\n%s\r\n$2\r\n-1\r\n'
-    b'*3\r\n$6\r\nLINDEX\r\n$%d\r\n%smsgs\r\n$1\r\n0\r\n'
-    b'*2\r\n$3\r\nGET\r\n$%d\r\n%ssummary\r\n'
-    b'*1\r\n$4\r\nEXEC\r\n'
-)
+def window_read_of_empty(keys: RedisKeys, session_id: str, first: int) -> tuple[Command, ...]:
+    """`window_read` after `EXISTS` on the session: for a session whose list `window_read` found empty."""
+    return (('EXISTS', keys.meta(session_id)), *window_read(keys, session_id, first))
+
+
+WINDOW_READ_COMMANDS: Final = 5
+
+
+@functools.lru_cache(maxsize=64)
+def _window_read_template(first: int) -> bytes:
+    """`packed_window_read`'s formatting, its position filled in: `first` is one of few (`window.page_size`)."""
+    position = b'$%d\r\n%d\r\n' % (len(b'%d' % first), first)
+    return (
+        b'*1\r\n$5\r\nMULTI\r\n'
+        b'*2\r\n$4\r\nLLEN\r\n$%d\r\n%smsgs\r\n'
+        b'*4\r\n$6\r\nLRANGE\r\n$%d\r\n%smsgs\r\n' + position + b'$2\r\n-1\r\n'
+        b'*4\r\n$6\r\nLRANGE\r\n$%d\r\n%scounts\r\n' + position + b'$2\r\n-1\r\n'
+        b'*3\r\n$6\r\nLINDEX\r\n$%d\r\n%smsgs\r\n$1\r\n0\r\n'
+        b'*2\r\n$3\r\nGET\r\n$%d\r\n%ssummary\r\n'
+        b'*1\r\n$4\r\nEXEC\r\n'
+    )
 
 
 def packed_window_read(base: bytes, first: int) -> bytes:
     """`window_read` in RESP, MULTI and EXEC included, for the session whose keys start with `base`
-    (`RedisKeys.base`): one bytes formatting, where packing the six commands one by one costs more than the rest
-    of the read in memsvc."""
-    n, start = len(base), b'%d' % first
-    # each bulk string the template leaves open, as its length and its bytes (a key as its common start)
-    meta = msgs = (n + 4, base)
-    counts, summary, position = (n + 6, base), (n + 7, base), (len(start), start)
-    return _WINDOW_READ % (*meta, *msgs, *msgs, *position, *counts, *position, *msgs, *summary)
+    (`RedisKeys.base`): one bytes formatting, where packing the commands one by one costs more than the rest of
+    the read in memsvc."""
+    n = len(base)  # each key as its length and its common start
+    return _window_read_template(first) % (n + 4, base, n + 4, base, n + 6, base, n + 4, base, n + 7, base)
 
 
 # The context window's first read (`base.WindowRead`), one atomic step: {held, oldest id, the newest `limit`
@@ -353,26 +361,32 @@ class RedisReads:
         return as_bytes(summary)
 
     async def read_window(self, tenant: str, session_id: str, limit: int | None, head: int) -> WindowRead | None:
-        """Plain commands in one MULTI/EXEC, which cost redis-server far less than READ_WINDOW: the newest `limit`
-        messages and records, the count, the oldest message and the summary. The script runs only when the
-        session has a leading system/developer run that the newest messages do not reach (its oldest message is
-        one), to read that run in the same atomic step."""
+        """Plain commands in one MULTI/EXEC, which cost redis-server far less than READ_WINDOW: the count, the
+        newest `limit` messages and records, the oldest message and the summary. An empty list is read again with
+        EXISTS (a missing session has none). The script runs only when the session has a leading
+        system/developer run that the newest messages do not reach (its oldest message is one), to read that run
+        in the same atomic step."""
         keys = self._keys(tenant)
         first = -limit if limit is not None else 0
-        exists, held, messages, records, oldest, summary = await self._redis.packed_transaction(
+        held, messages, records, oldest, summary = await self._redis.packed_transaction(
             packed_window_read(keys.base(session_id).encode(), first),
             WINDOW_READ_COMMANDS,
             lambda: window_read(keys, session_id, first),
         )
-        if not exists:
-            return None
-        held = int(held)
+        if not held:
+            exists, held, messages, records, oldest, summary = await self._redis.transaction(
+                *window_read_of_empty(keys, session_id, first)
+            )
+            if not exists:
+                return None
+            if not held:
+                return WindowRead([], [], 0, 0, [], [], summary)
         if len(messages) < held and is_instruction(oldest, 0):
             return await self._read_window_script(keys, session_id, limit, head)
         values = orjson.loads(b'[%s]' % b','.join(records))  # one parse for all the decimal records
         if len(values) < len(messages):  # the oldest, stored before records were
             values[:0] = [0] * (len(messages) - len(values))
-        return WindowRead(messages, values, held, message_id(oldest) if held else 0, [], [], summary)
+        return WindowRead(messages, values, held, message_id(oldest), [], [], summary)
 
     async def _read_window_script(
         self, keys: RedisKeys, session_id: str, limit: int | None, head: int
