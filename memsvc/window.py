@@ -166,14 +166,13 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
     tokens = (kept_sum >> TOKENS_SHIFT) + REPLY_PRIMING
     if format == 'memsvc':
         joined = join_newest(messages, kept)
-        items, first_id = joined, joined[_ID_START : joined.index(b',', _ID_START)]
+        items, first_id = joined, _stored_id(joined)
     elif not (uniform and flags >> TAIL_SHIFT):
         if not isinstance(messages, MessagePage):
             return None  # timestamps of other lengths (or not measured in the records)
         joined = messages.newest(kept)  # one bytes, timestamps of other lengths: one regular expression
         inner = joined[joined.index(b',', _ID_START) + 1 : joined.rindex(_TIMESTAMP)]
-        items = _BETWEEN_STORED.sub(_BETWEEN[format], inner)
-        first_id = joined[_ID_START : joined.index(b',', _ID_START)]
+        items, first_id = _BETWEEN_STORED.sub(_BETWEEN[format], inner), _stored_id(joined)
     else:
         if isinstance(messages, MessagePage):  # one bytes: split into the messages less their `{"id":`
             split = (messages.page if kept == count else messages.newest(kept)).split(_ID_KEY)
@@ -190,20 +189,25 @@ def fast(read: WindowRead, max_tokens: int | None, format: Format) -> bytes | No
         if skip == last_skip:  # the usual window: all its ids have as many digits
             fields: Iterable[bytes] = map(_cut, pieces, repeat(slice(skip, -tail)))
         else:
-            fields = map(_cut, pieces, _runs(pieces, tail, start, int(first_id), newest[start : last_skip - 1]))
+            fields = map(_cut, pieces, _runs(pieces, tail, start, first_id, newest[start : last_skip - 1]))
         items = _BETWEEN[format].join(fields)
     return _ANSWERS[format] % (items, tokens, total - kept, first_id)
 
 
-def _runs(messages: Sequence[bytes], tail: int, start: int, first_id: int, last_id: bytes) -> list[slice]:
+def _stored_id(raw: bytes) -> bytes:
+    """The id of a stored message as its bytes (`context.message_id` as an int)."""
+    return raw[_ID_START : raw.index(b',', _ID_START)]
+
+
+def _runs(messages: Sequence[bytes], tail: int, start: int, first_id: bytes, last_id: bytes) -> list[slice]:
     """The slices that cut bare `messages` whose ids have not all as many digits (`fast`): one per message, the
     same for each run of ids with as many digits (from `start` on: the id, its comma, then the fields)."""
     count = len(messages)
     slices: list[slice] = []
-    at, first_digits = 0, len(b'%d' % first_id)
-    if int(last_id) - first_id == count - 1:  # consecutive: each run ends where 10 ** digits is
-        for digits in range(first_digits, len(last_id)):
-            end = 10**digits - first_id
+    at, first = 0, int(first_id)
+    if int(last_id) - first == count - 1:  # consecutive: each run ends where 10 ** digits is
+        for digits in range(len(first_id), len(last_id)):
+            end = 10**digits - first
             slices += [slice(start + digits + 1, -tail)] * (end - at)
             at = end
         return slices + [slice(start + len(last_id) + 1, -tail)] * (count - at)
